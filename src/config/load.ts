@@ -1,0 +1,81 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { configSchema, type ProxyConfig } from './schema.js';
+
+export class ConfigError extends Error {}
+
+/** Command-line and environment overrides, applied on top of the file in that order. */
+export interface ConfigOverrides {
+  listen?: string;
+  upstream?: string;
+  metricsListen?: string;
+  logLevel?: string;
+  registryUrl?: string;
+  migrateOnStart?: boolean;
+}
+
+const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
+  listen: 'PGBG_LISTEN',
+  upstream: 'PGBG_UPSTREAM',
+  metricsListen: 'PGBG_METRICS_LISTEN',
+  logLevel: 'PGBG_LOG_LEVEL',
+  registryUrl: 'PGBG_REGISTRY_URL',
+  migrateOnStart: 'PGBG_MIGRATE',
+};
+
+export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
+  const out: ConfigOverrides = {};
+  for (const [key, envName] of Object.entries(ENV_KEYS) as [keyof ConfigOverrides, string][]) {
+    const value = env[envName];
+    if (value === undefined || value === '') continue;
+    if (key === 'migrateOnStart') out.migrateOnStart = /^(1|true|yes|on)$/i.test(value);
+    else out[key] = value;
+  }
+  return out;
+}
+
+/** Reads YAML (if a path is given), applies overrides, validates; throws ConfigError naming the key. */
+export function loadConfig(path: string | undefined, ...layers: ConfigOverrides[]): ProxyConfig {
+  let raw: Record<string, unknown> = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+    }
+    try {
+      raw = (parseYaml(text) as Record<string, unknown> | null) ?? {};
+    } catch (err) {
+      throw new ConfigError(`config file ${path} is not valid YAML: ${(err as Error).message}`);
+    }
+    if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`config file ${path} must hold a mapping`);
+  }
+  for (const layer of layers) raw = applyOverrides(raw, layer);
+  return validateConfig(raw, path ?? 'configuration');
+}
+
+export function validateConfig(raw: unknown, source = 'configuration'): ProxyConfig {
+  const result = configSchema.safeParse(raw);
+  if (result.success) return result.data;
+  const lines = result.error.issues.map((issue) => {
+    const key = issue.path.length ? issue.path.join('.') : '(top level)';
+    return `  ${key}: ${issue.message}`;
+  });
+  throw new ConfigError(`invalid ${source}:\n${lines.join('\n')}`);
+}
+
+function applyOverrides(raw: Record<string, unknown>, o: ConfigOverrides): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...raw };
+  if (o.listen !== undefined) out.listen = o.listen;
+  if (o.metricsListen !== undefined) out.metricsListen = o.metricsListen;
+  if (o.upstream !== undefined) {
+    const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(o.upstream);
+    if (!m) throw new ConfigError(`upstream: expected HOST:PORT, got "${o.upstream}"`);
+    out.upstream = { ...(raw.upstream as object | undefined), host: m[1] || m[2], port: Number(m[3]) };
+  }
+  if (o.logLevel !== undefined) out.log = { ...(raw.log as object | undefined), level: o.logLevel };
+  if (o.registryUrl !== undefined) out.jobs = { ...(raw.jobs as object | undefined), registryUrl: o.registryUrl };
+  if (o.migrateOnStart !== undefined) out.jobs = { ...(out.jobs as object | undefined), migrateOnStart: o.migrateOnStart };
+  return out;
+}

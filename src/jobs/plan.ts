@@ -1,0 +1,33 @@
+/** Options a hint or a rule sets on one job. */
+export interface JobOptions {
+  timeoutMs?: number;
+  key?: string;
+  priority?: number;
+  notBefore?: string;
+}
+
+/** Where a `$n` parameter reference stands in the statement text (byte offsets). */
+export interface ParamRef {
+  index: number;
+  start: number;
+  end: number;
+}
+
+/** Everything decided about a statement before it touches the server. */
+export interface JobPlan {
+  /** The statement as the client sent it (hint comments included). */
+  sql: string;
+  /** Individual statements of a multi-statement string, as text. */
+  statements: string[];
+  /** Command tag kind, e.g. "UPDATE", "CREATE INDEX", "VACUUM". */
+  kind: string;
+  /** False for statements that cannot run inside a transaction block (VACUUM, ... CONCURRENTLY). */
+  transactional: boolean;
+  /** True when the statement returns rows (SELECT, ... RETURNING) to be kept for pgbg.result. */
+  returnsRows: boolean;
+  rule: string | null;
+  options: JobOptions;
+  params: ParamRef[];
+  /** Relations the statement names that must exist (checked for utility statements). */
+  relations: string[];
+}

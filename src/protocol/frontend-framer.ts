@@ -1,0 +1,68 @@
+import { ProtocolViolation } from './errors.js';
+
+/** Frontend message type bytes valid after startup (protocol 3.0). */
+const FRONTEND_TYPES = new Set([...'BCdcfDEHFPpQSX'].map((c) => c.charCodeAt(0)));
+
+/**
+ * Cuts a client byte stream into whole frontend messages (type byte + int32 length + body)
+ * without parsing bodies. Every length is checked against a hard bound before any buffering,
+ * so a hostile length field costs nothing; a message that spans reads is assembled into one
+ * preallocated buffer, never by repeated concatenation.
+ */
+export class FrontendFramer {
+  private carry: Buffer | null = null;
+  private partial: Buffer | null = null;
+  private partialFilled = 0;
+
+  constructor(private readonly maxMessageBytes: number) {}
+
+  /** Calls onMessage(type, wholeMessage) for each complete message; throws ProtocolViolation. */
+  push(chunk: Buffer, onMessage: (type: number, message: Buffer) => void): void {
+    let buf = chunk;
+    let pos = 0;
+    if (this.partial) {
+      const need = this.partial.length - this.partialFilled;
+      const take = Math.min(need, buf.length);
+      buf.copy(this.partial, this.partialFilled, 0, take);
+      this.partialFilled += take;
+      pos = take;
+      if (this.partialFilled < this.partial.length) return;
+      const whole = this.partial;
+      this.partial = null;
+      onMessage(whole[0], whole);
+    } else if (this.carry) {
+      buf = Buffer.concat([this.carry, buf]);
+      this.carry = null;
+    }
+    while (pos < buf.length) {
+      if (buf.length - pos < 5) {
+        this.carry = Buffer.from(buf.subarray(pos));
+        return;
+      }
+      const type = buf[pos];
+      if (!FRONTEND_TYPES.has(type)) {
+        throw new ProtocolViolation(`invalid frontend message type ${type}`, 'bad_type');
+      }
+      const length = buf.readInt32BE(pos + 1);
+      if (length < 4) throw new ProtocolViolation(`invalid message length ${length}`, 'bad_length');
+      if (length + 1 > this.maxMessageBytes) {
+        throw new ProtocolViolation(`message of ${length + 1} bytes exceeds the limit of ${this.maxMessageBytes}`, 'too_large');
+      }
+      const end = pos + 1 + length;
+      if (end <= buf.length) {
+        onMessage(type, buf.subarray(pos, end));
+        pos = end;
+        continue;
+      }
+      this.partial = Buffer.allocUnsafe(length + 1);
+      buf.copy(this.partial, 0, pos);
+      this.partialFilled = buf.length - pos;
+      return;
+    }
+  }
+
+  /** Bytes held for an incomplete message; bounded by maxMessageBytes. */
+  get bufferedBytes(): number {
+    return (this.carry?.length ?? 0) + (this.partial ? this.partialFilled : 0);
+  }
+}

@@ -1,0 +1,132 @@
+import { ProtocolViolation } from './errors.js';
+
+/** Reads the bodies of the frontend messages the proxy must look into. Any inconsistency is a protocol violation. */
+class BodyReader {
+  private pos = 5;
+  constructor(private readonly msg: Buffer) {}
+
+  cstring(): string {
+    const end = this.msg.indexOf(0, this.pos);
+    if (end < 0) throw new ProtocolViolation('unterminated string in message', 'bad_string');
+    const s = this.msg.toString('utf8', this.pos, end);
+    this.pos = end + 1;
+    return s;
+  }
+  int16(): number {
+    this.need(2);
+    const v = this.msg.readInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  int32(): number {
+    this.need(4);
+    const v = this.msg.readInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  uint32(): number {
+    this.need(4);
+    const v = this.msg.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  byte(): number {
+    this.need(1);
+    return this.msg[this.pos++];
+  }
+  bytes(n: number): Buffer {
+    this.need(n);
+    const b = this.msg.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  end(): void {
+    if (this.pos !== this.msg.length) throw new ProtocolViolation('message length does not match its contents', 'bad_length');
+  }
+  private need(n: number): void {
+    if (this.pos + n > this.msg.length) throw new ProtocolViolation('message shorter than its contents', 'bad_length');
+  }
+}
+
+export function readQuery(msg: Buffer): string {
+  const r = new BodyReader(msg);
+  const sql = r.cstring();
+  r.end();
+  return sql;
+}
+
+export interface ParseMessage {
+  name: string;
+  sql: string;
+  paramTypes: number[];
+}
+export function readParse(msg: Buffer): ParseMessage {
+  const r = new BodyReader(msg);
+  const name = r.cstring();
+  const sql = r.cstring();
+  const n = r.int16();
+  if (n < 0) throw new ProtocolViolation('negative parameter count', 'bad_count');
+  const paramTypes: number[] = [];
+  for (let i = 0; i < n; i++) paramTypes.push(r.uint32());
+  r.end();
+  return { name, sql, paramTypes };
+}
+
+export interface BindMessage {
+  portal: string;
+  statement: string;
+  paramFormats: number[];
+  /** null stands for SQL NULL. */
+  params: (Buffer | null)[];
+  resultFormats: number[];
+}
+export function readBind(msg: Buffer): BindMessage {
+  const r = new BodyReader(msg);
+  const portal = r.cstring();
+  const statement = r.cstring();
+  const nf = r.int16();
+  if (nf < 0) throw new ProtocolViolation('negative format count', 'bad_count');
+  const paramFormats: number[] = [];
+  for (let i = 0; i < nf; i++) paramFormats.push(r.int16());
+  const np = r.int16();
+  if (np < 0) throw new ProtocolViolation('negative parameter count', 'bad_count');
+  const params: (Buffer | null)[] = [];
+  for (let i = 0; i < np; i++) {
+    const len = r.int32();
+    if (len === -1) params.push(null);
+    else if (len < 0) throw new ProtocolViolation('invalid parameter length', 'bad_length');
+    else params.push(Buffer.from(r.bytes(len)));
+  }
+  const nr = r.int16();
+  if (nr < 0) throw new ProtocolViolation('negative result format count', 'bad_count');
+  const resultFormats: number[] = [];
+  for (let i = 0; i < nr; i++) resultFormats.push(r.int16());
+  r.end();
+  return { portal, statement, paramFormats, params, resultFormats };
+}
+
+/** Describe and Close share a layout: 'S' or 'P', then a name. */
+export interface TargetMessage {
+  kind: 'S' | 'P';
+  name: string;
+}
+export function readTarget(msg: Buffer): TargetMessage {
+  const r = new BodyReader(msg);
+  const k = r.byte();
+  if (k !== 0x53 && k !== 0x50) throw new ProtocolViolation('Describe/Close target must be S or P', 'bad_target');
+  const name = r.cstring();
+  r.end();
+  return { kind: k === 0x53 ? 'S' : 'P', name };
+}
+
+export interface ExecuteMessage {
+  portal: string;
+  maxRows: number;
+}
+export function readExecute(msg: Buffer): ExecuteMessage {
+  const r = new BodyReader(msg);
+  const portal = r.cstring();
+  const maxRows = r.int32();
+  r.end();
+  return { portal, maxRows };
+}

@@ -1,0 +1,18 @@
+import type { PgError } from '../protocol/errors.js';
+import type { JobPlan } from '../jobs/plan.js';
+
+export interface RoutingContext {
+  user: string;
+  database: string;
+  applicationName: string;
+}
+
+export type Route =
+  | { action: 'forward' }
+  | { action: 'background'; plan: JobPlan }
+  | { action: 'reject'; error: PgError };
+
+/** Decides, from the SQL text of a Query or Parse, what the proxy does with a statement. */
+export interface StatementRouter {
+  route(sql: string, ctx: RoutingContext): Route;
+}

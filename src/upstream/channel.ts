@@ -1,0 +1,23 @@
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+
+/** What the server answered to statements the proxy ran on a client's upstream session. */
+export interface Exchange {
+  messages: BackendMessage[];
+  /** The first ErrorResponse, if any. */
+  error: (BackendMessage & Record<string, any>) | null;
+  /** DataRow values as text (our own statements ask for text results only). */
+  rows: (string | null)[][];
+  status: 'I' | 'T' | 'E';
+}
+
+/**
+ * The proxy's own access to a client's upstream session. Only usable while the session is idle
+ * (no client statement in flight); the session holds client traffic until the exchange ends.
+ */
+export interface SessionChannel {
+  /** Writes the messages (ending in Sync or a Query) and resolves at ReadyForQuery. */
+  exchange(messages: Buffer[]): Promise<Exchange>;
+  /** Transaction status from the last ReadyForQuery. */
+  readonly txStatus: 'I' | 'T' | 'E';
+  readonly backendPid: number;
+}
