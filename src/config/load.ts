@@ -12,6 +12,7 @@ export interface ConfigOverrides {
   logLevel?: string;
   registryUrl?: string;
   migrateOnStart?: boolean;
+  maxInFlight?: number;
 }
 
 const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
@@ -21,6 +22,7 @@ const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   logLevel: 'PGBG_LOG_LEVEL',
   registryUrl: 'PGBG_REGISTRY_URL',
   migrateOnStart: 'PGBG_MIGRATE',
+  maxInFlight: 'PGBG_MAX_IN_FLIGHT',
 };
 
 export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
@@ -29,7 +31,8 @@ export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
     const value = env[envName];
     if (value === undefined || value === '') continue;
     if (key === 'migrateOnStart') out.migrateOnStart = /^(1|true|yes|on)$/i.test(value);
-    else out[key] = value;
+    else if (key === 'maxInFlight') out.maxInFlight = Number(value);
+    else out[key as Exclude<keyof ConfigOverrides, "migrateOnStart" | "maxInFlight">] = value;
   }
   return out;
 }
@@ -76,6 +79,7 @@ function applyOverrides(raw: Record<string, unknown>, o: ConfigOverrides): Recor
   }
   if (o.logLevel !== undefined) out.log = { ...(raw.log as object | undefined), level: o.logLevel };
   if (o.registryUrl !== undefined) out.jobs = { ...(raw.jobs as object | undefined), registryUrl: o.registryUrl };
+  if (o.maxInFlight !== undefined) out.jobs = { ...(out.jobs as object | undefined), maxInFlight: o.maxInFlight };
   if (o.migrateOnStart !== undefined) out.jobs = { ...(out.jobs as object | undefined), migrateOnStart: o.migrateOnStart };
   return out;
 }

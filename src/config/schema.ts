@@ -105,6 +105,8 @@ export const configSchema = z
         supervisePoll: duration.default(200),
         /** Refuse (25001) a matched statement inside a client's transaction block, or run it in the foreground. */
         inTransaction: z.enum(['reject', 'foreground']).default('reject'),
+        /** Jobs in flight on the server at once; null derives it from max_worker_processes. */
+        maxInFlight: z.number().int().min(1).nullable().default(null),
       })
       .strict()
       .default({
@@ -114,6 +116,7 @@ export const configSchema = z
         reconcileInterval: 5000,
         supervisePoll: 200,
         inTransaction: 'reject',
+        maxInFlight: null,
       }),
     rules: z.array(ruleSchema).default([]),
   })

@@ -25,6 +25,8 @@ export interface JobPlan {
   transactional: boolean;
   /** True when the statement returns rows (SELECT, ... RETURNING) to be kept for pgbg.result. */
   returnsRows: boolean;
+  /** How the worker captures those rows: wrap as a subquery (SELECT) or a CTE (DML ... RETURNING). */
+  rowsVia: 'none' | 'subquery' | 'cte';
   rule: string | null;
   options: JobOptions;
   params: ParamRef[];

@@ -1,0 +1,105 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
+import { runStart } from './start.js';
+import { runCheckConfig } from './check-config.js';
+
+interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  run(values: Record<string, string | boolean | undefined>, positionals: string[]): Promise<number>;
+}
+
+const configOptions = {
+  config: { type: 'string', short: 'c' },
+  listen: { type: 'string' },
+  upstream: { type: 'string' },
+  'metrics-listen': { type: 'string' },
+  'log-level': { type: 'string' },
+  'max-in-flight': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+export const commands: Record<string, Command> = {
+  start: {
+    summary: 'run the proxy',
+    usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--upstream HOST:PORT]
+                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--migrate]
+
+  --config FILE            YAML configuration (see config/pgbg-proxy.yaml)
+  --listen HOST:PORT       where clients connect (default 127.0.0.1:6432)
+  --upstream HOST:PORT     the PostgreSQL server (default 127.0.0.1:5432)
+  --metrics-listen H:P     serve /metrics, /healthz, /readyz over HTTP
+  --log-level LEVEL        fatal, error, warn, info, debug, trace, silent
+  --migrate                create or upgrade the pgbg schema (jobs.registryUrl) before serving
+Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE.
+Flags win over environment variables, which win over the file.
+Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
+    options: { ...configOptions, migrate: { type: 'boolean' } },
+    run: (v) => runStart(configFrom(v), () => configFrom(v)),
+  },
+  'check-config': {
+    summary: 'validate a configuration file and its rules, then exit',
+    usage: `pgbg-proxy check-config [--config FILE]
+
+Exits 0 and prints a summary when the configuration is valid; otherwise prints every
+invalid key with what is wrong and exits 1.`,
+    options: configOptions,
+    run: (v) => runCheckConfig(configFrom(v), v.config as string | undefined),
+  },
+};
+
+function configFrom(values: Record<string, string | boolean | undefined>) {
+  const flags: ConfigOverrides = {
+    listen: values.listen as string | undefined,
+    upstream: values.upstream as string | undefined,
+    metricsListen: values['metrics-listen'] as string | undefined,
+    logLevel: values['log-level'] as string | undefined,
+    migrateOnStart: values.migrate === true ? true : undefined,
+    maxInFlight: values['max-in-flight'] !== undefined ? Number(values['max-in-flight']) : undefined,
+  };
+  return loadConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
+}
+
+function help(): string {
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(14)}${c.summary}`);
+  return `pgbg-proxy: a PostgreSQL proxy that runs hinted statements as pg_background jobs
+
+Usage: pgbg-proxy <command> [options]   (pgbg-proxy <command> --help for its options)
+
+Commands:
+${lines.join('\n')}`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(help());
+    return name ? 0 : 1;
+  }
+  const command = commands[name];
+  if (!command) {
+    console.error(`pgbg-proxy: unknown command "${name}"\n\n${help()}`);
+    return 2;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: false, strict: true });
+  } catch (err) {
+    console.error(`pgbg-proxy ${name}: ${(err as Error).message}\n\n${command.usage}`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    console.log(command.usage);
+    return 0;
+  }
+  try {
+    return await command.run(parsed.values as Record<string, string | boolean | undefined>, parsed.positionals);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`pgbg-proxy ${name}: ${err.message}`);
+      return 1;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,38 @@
+import type { ProxyConfig } from '../config/schema.js';
+import { ConfigError } from '../config/load.js';
+import { startProxy } from '../proxy.js';
+
+/**
+ * `pgbg-proxy start`: runs until SIGTERM/SIGINT (graceful drain) and reloads on SIGHUP.
+ * The reload re-reads the same sources (file, environment, flags) through `reread`.
+ */
+export async function runStart(config: ProxyConfig, reread?: () => ProxyConfig): Promise<number> {
+  const proxy = await startProxy(config);
+  const log = proxy.log;
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: closing now');
+        void proxy.close(0).then(() => resolve(1));
+        return;
+      }
+      stopping = true;
+      log.info({ signal, grace_ms: config.shutdown.grace }, 'shutting down: draining sessions');
+      void proxy.close().then(() => {
+        log.info('stopped');
+        resolve(0);
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => {
+      if (!reread) return;
+      try {
+        proxy.reload(reread());
+      } catch (err) {
+        log.error({ err: err instanceof ConfigError ? err.message : err }, 'reload refused: configuration invalid, keeping the old one');
+      }
+    });
+  });
+}

@@ -1,0 +1,84 @@
+import { PgError } from '../protocol/errors.js';
+import { SqlState } from '../protocol/sqlstate.js';
+import { parseDuration } from '../config/duration.js';
+import type { JobOptions } from '../jobs/plan.js';
+
+export type Hint = { mode: 'background'; options: JobOptions } | { mode: 'foreground' };
+
+/**
+ * Grammar of one hint comment (case-insensitive, whitespace free between tokens):
+ *
+ *   hint    = "/*+" ( "background" [ "(" option { "," option } ")" ] | "foreground" ) "*\/"
+ *   option  = name "=" value
+ *   name    = "timeout" | "key" | "priority" | "not_before"
+ *   value   = word | "'" { any character but "'" | "''" } "'"
+ *   word    = 1*( letter | digit | "_" | "-" | "." | ":" | "+" )
+ *
+ * Anything else in a comment that starts with "/*+" is a malformed hint and an error, not
+ * silently ignored: a user who wrote a hint expects it to act.
+ */
+const HINT_RE = /^\/\*\+\s*(background|foreground)\s*(?:\((.*)\))?\s*\*\/$/is;
+const OPTION_RE = /^\s*([a-z_]+)\s*=\s*('(?:[^']|'')*'|[A-Za-z0-9_.:+-]+)\s*(?:,|$)/i;
+
+export function isHintComment(comment: string): boolean {
+  return comment.startsWith('/*+');
+}
+
+export function parseHint(comment: string): Hint {
+  const m = HINT_RE.exec(comment);
+  if (!m) throw badHint(`malformed hint comment ${truncate(comment)}`);
+  const mode = m[1].toLowerCase();
+  if (mode === 'foreground') {
+    if (m[2] !== undefined && m[2].trim() !== '') throw badHint('the foreground hint takes no options');
+    return { mode: 'foreground' };
+  }
+  return { mode: 'background', options: parseOptions(m[2] ?? '') };
+}
+
+function parseOptions(text: string): JobOptions {
+  const options: JobOptions = {};
+  let rest = text.trim();
+  const seen = new Set<string>();
+  while (rest.length > 0) {
+    const m = OPTION_RE.exec(rest);
+    if (!m) throw badHint(`cannot read hint options at "${truncate(rest)}"`);
+    const name = m[1].toLowerCase();
+    const raw = m[2].startsWith("'") ? m[2].slice(1, -1).replace(/''/g, "'") : m[2];
+    if (seen.has(name)) throw badHint(`hint option "${name}" given twice`);
+    seen.add(name);
+    switch (name) {
+      case 'timeout': {
+        const ms = parseDuration(raw);
+        if (ms === null || ms <= 0) throw badHint(`invalid timeout "${raw}": use a duration such as 30s, 10min, 2h`);
+        options.timeoutMs = ms;
+        break;
+      }
+      case 'key':
+        if (raw.length === 0 || raw.length > 200) throw badHint('hint option key must have 1 to 200 characters');
+        options.key = raw;
+        break;
+      case 'priority': {
+        const n = Number(raw);
+        if (!Number.isInteger(n) || n < -1000 || n > 1000) throw badHint(`invalid priority "${raw}": an integer from -1000 to 1000`);
+        options.priority = n;
+        break;
+      }
+      case 'not_before':
+        if (Number.isNaN(Date.parse(raw))) throw badHint(`invalid not_before "${raw}": use an ISO 8601 timestamp with time zone`);
+        options.notBefore = new Date(raw).toISOString();
+        break;
+      default:
+        throw badHint(`unknown hint option "${name}"`, 'Known options: timeout, key, priority, not_before.');
+    }
+    rest = rest.slice(m[0].length).trim();
+  }
+  return options;
+}
+
+function badHint(message: string, hint?: string): PgError {
+  return new PgError(SqlState.InvalidParameterValue, message, undefined, hint ?? 'Hint grammar: /*+ background(timeout=10min, key=name, priority=5) */');
+}
+
+function truncate(s: string): string {
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}

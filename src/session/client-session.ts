@@ -1,0 +1,804 @@
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { BackendStream, type BackendStreamSink } from '../protocol/backend-stream.js';
+import { FrontendFramer } from '../protocol/frontend-framer.js';
+import { readBind, readExecute, readParse, readQuery, readTarget } from '../protocol/frontend-messages.js';
+import {
+  backendKeyData,
+  bindComplete,
+  closeComplete,
+  errorResponse,
+  parameterDescription,
+  parseComplete,
+  readyForQuery,
+} from '../protocol/backend-messages.js';
+import { PgError, ProtocolViolation } from '../protocol/errors.js';
+import { SqlState } from '../protocol/sqlstate.js';
+import { connectUpstream, sendCancel, type UpstreamAddress } from '../upstream/connect.js';
+import type { Exchange, SessionChannel } from '../upstream/channel.js';
+import type { CancelKeys } from '../listener/cancel-keys.js';
+import type { RoutingContext, StatementRouter, Route } from '../rules/route.js';
+import type { JobSubmitter, SupervisedWorker, SubmittedJob } from '../jobs/submitter.js';
+import type { JobPlan } from '../jobs/plan.js';
+import { ExchangeCollector } from './exchange-collector.js';
+import { OutboundBatch } from './outbound-batch.js';
+import { LocalPortals, type LocalStatement } from './local-portals.js';
+import { jobCommandComplete, jobRow, jobRowDescription } from './job-answer.js';
+import { raiseStatement } from './raise-statement.js';
+import type { SessionObserver } from './session-observer.js';
+
+export interface SessionSettings {
+  upstream: UpstreamAddress;
+  connectTimeoutMs: number;
+  maxMessageBytes: number;
+  inTransaction: 'reject' | 'foreground';
+  supervisePollMs: number;
+}
+
+export interface SessionDeps {
+  settings: () => SessionSettings;
+  router: () => StatementRouter;
+  jobs: JobSubmitter | null;
+  cancelKeys: CancelKeys;
+  observer: SessionObserver;
+  log: Logger;
+}
+
+type Phase = 'connecting' | 'auth' | 'ready' | 'closed';
+
+const Q = 0x51, P = 0x50, B = 0x42, D = 0x44, E = 0x45, S = 0x53, H = 0x48, C = 0x43, X = 0x58, F = 0x46;
+/** Client bytes held while the proxy runs its own exchange; beyond this the client is paused. */
+const HELD_BYTES_LIMIT = 1 << 20;
+
+/**
+ * One client connection and its own upstream session.
+ *
+ * Ordinary traffic is relayed as the buffers it arrived in, in both directions. Only Query and
+ * Parse are read (the router decides on their SQL); Bind/Describe/Execute/Close are read only
+ * while the proxy holds prepared statements of its own for this client. When a statement is to
+ * become a job, the session waits until the server has answered everything the client sent
+ * before, holds later client messages, runs its own statements on the upstream session (the
+ * server's answers are captured, not relayed), answers the client itself, then goes on.
+ */
+export class ClientSession implements BackendStreamSink {
+  readonly id: string;
+  readonly startedAt = Date.now();
+  readonly params: Map<string, string>;
+  private phase: Phase = 'connecting';
+  private upstream: net.Socket | null = null;
+  private readonly framer: FrontendFramer;
+  private readonly backend = new BackendStream(this);
+  private readonly outbound = new OutboundBatch();
+  private readonly local = new LocalPortals();
+
+  /** Query/Sync/FunctionCall messages forwarded whose ReadyForQuery has not come back yet. */
+  private pendingReady = 0;
+  /** Extended-protocol messages forwarded since the last Sync (their answers may be unflushed). */
+  private forwardedSinceSync = 0;
+  /** The current batch (since the last Sync) has messages the proxy answered itself. */
+  private batchHasLocal = false;
+  /** After a local error in an extended batch, messages are discarded up to Sync, as the server does. */
+  private skipUntilSync = false;
+  txStatus: 'I' | 'T' | 'E' = 'I';
+
+  private held: { type: number; msg: Buffer }[] = [];
+  private heldBytes = 0;
+  private localBusy = false;
+  private idleWaiters: (() => void)[] = [];
+  private collector: ExchangeCollector | null = null;
+  private authHeld: Buffer[] = [];
+
+  private realPid = 0;
+  private realKey = 0;
+  private proxyKey: { pid: number; key: number } | null = null;
+  readonly supervised = new Map<bigint, SupervisedWorker>();
+  private superviseTimer: NodeJS.Timeout | null = null;
+  private clientGone = false;
+  private readonly pausedBy = new Set<'held' | 'upstream' | 'client'>();
+  private closeListeners: (() => void)[] = [];
+  readonly channel: SessionChannel;
+
+  constructor(
+    private readonly client: net.Socket,
+    private readonly startupPacket: Buffer,
+    params: Map<string, string>,
+    id: string,
+    private readonly deps: SessionDeps,
+  ) {
+    this.id = id;
+    this.params = params;
+    this.framer = new FrontendFramer(deps.settings().maxMessageBytes);
+    const self = this;
+    this.channel = {
+      exchange: (messages) => self.exchange(messages),
+      get txStatus() {
+        return self.txStatus;
+      },
+      get backendPid() {
+        return self.realPid;
+      },
+    };
+  }
+
+  get user(): string {
+    return this.params.get('user') ?? '';
+  }
+  get database(): string {
+    return this.params.get('database') || this.user;
+  }
+  get applicationName(): string {
+    return this.params.get('application_name') ?? '';
+  }
+  get state(): Phase {
+    return this.phase;
+  }
+  /** Idle: the server owes no answers and the proxy runs nothing of its own. */
+  get idle(): boolean {
+    return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary;
+  }
+  get adopted(): boolean {
+    return this.clientGone && this.phase !== 'closed';
+  }
+
+  onClose(listener: () => void): void {
+    this.closeListeners.push(listener);
+  }
+
+  async start(initialClientBytes: Buffer): Promise<void> {
+    const settings = this.deps.settings();
+    this.client.on('error', (err) => this.deps.log.debug({ session: this.id, err: err.message }, 'client socket error'));
+    this.client.on('close', () => this.onClientClosed());
+    this.client.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    this.client.on('drain', () => this.unpause('upstream'));
+    // Bytes that came with the startup packet (a pipelining client) are framed like any others.
+    this.client.pause();
+    try {
+      this.upstream = await connectUpstream(settings.upstream, settings.connectTimeoutMs);
+    } catch (err) {
+      this.deps.log.warn({ session: this.id, err: (err as Error).message }, 'upstream connection failed');
+      this.failStartup(
+        new PgError(
+          SqlState.ConnectionFailure,
+          `pgbg-proxy could not connect to the server at ${settings.upstream.host}:${settings.upstream.port}`,
+          (err as Error).message,
+          undefined,
+          'FATAL',
+        ),
+      );
+      return;
+    }
+    if (this.clientGone) {
+      this.upstream.destroy();
+      return;
+    }
+    this.deps.observer.upstreamConnected(1);
+    this.phase = 'auth';
+    const up = this.upstream;
+    up.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
+    up.on('drain', () => this.unpause('client'));
+    up.on('error', (err) => this.deps.log.debug({ session: this.id, err: err.message }, 'upstream socket error'));
+    up.on('close', () => this.onUpstreamClosed());
+    up.write(this.startupPacket);
+    this.client.resume();
+    if (initialClientBytes.length) this.onClientData(initialClientBytes);
+  }
+
+  // ---- client → server -------------------------------------------------------------------
+
+  private onClientData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.deps.observer.bytes('client_to_server', chunk.length);
+    try {
+      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg));
+    } catch (err) {
+      this.flushOutbound();
+      if (err instanceof ProtocolViolation) return this.protocolViolation(err);
+      if (err instanceof PgError) return this.fatal(err);
+      this.deps.log.error({ session: this.id, err }, 'internal error while reading client message');
+      return this.fatal(new PgError(SqlState.InternalError, 'pgbg-proxy internal error', undefined, undefined, 'FATAL'));
+    }
+    this.flushOutbound();
+  }
+
+  private onClientMessage(type: number, msg: Buffer): void {
+    if (this.phase === 'auth') {
+      // Authentication answers (PasswordMessage, SASL) go straight through; anything else waits
+      // until the session is ready, so that no statement reaches the server unrouted.
+      if (type === 0x70 && this.authHeld.length === 0) this.outbound.add(msg);
+      else this.authHeld.push(Buffer.from(msg));
+      return;
+    }
+    if (this.localBusy || this.held.length > 0) {
+      this.hold(type, msg);
+      return;
+    }
+    this.dispatch(type, msg);
+  }
+
+  private hold(type: number, msg: Buffer): void {
+    // A slice of the socket chunk stays valid: Node does not reuse chunk memory.
+    this.held.push({ type, msg });
+    this.heldBytes += msg.length;
+    if (this.heldBytes > HELD_BYTES_LIMIT) this.pause('held');
+  }
+
+  private dispatch(type: number, msg: Buffer): void {
+    if (this.skipUntilSync && type !== S) return;
+    switch (type) {
+      case Q:
+        return this.onQuery(msg);
+      case P:
+        return this.onParse(msg);
+      case S:
+        return this.onSync(msg);
+      case X:
+        this.flushOutbound();
+        this.upstream?.end(msg);
+        this.client.end();
+        return;
+      case F:
+        this.pendingReady++;
+        this.outbound.add(msg);
+        return;
+      case B:
+      case D:
+      case E:
+      case C:
+        if (!this.local.empty && this.dispatchLocalExtended(type, msg)) return;
+        this.forwardExtended(msg);
+        return;
+      case H:
+        if (this.batchHasLocal && this.forwardedSinceSync === 0) return; // our answers are already written
+        this.outbound.add(msg);
+        return;
+      default:
+        // CopyData/CopyDone/CopyFail and the rest: bytes the server expects as they are.
+        this.outbound.add(msg);
+    }
+  }
+
+  private forwardExtended(msg: Buffer): void {
+    this.forwardedSinceSync++;
+    this.outbound.add(msg);
+  }
+
+  private routingContext(): RoutingContext {
+    return { user: this.user, database: this.database, applicationName: this.applicationName };
+  }
+
+  private onQuery(msg: Buffer): void {
+    const sql = readQuery(msg);
+    const route = this.deps.router().route(sql, this.routingContext());
+    this.forwardedSinceSync = 0;
+    this.batchHasLocal = false;
+    if (route.action === 'forward') {
+      this.deps.observer.statement('forwarded');
+      this.pendingReady++;
+      this.outbound.add(msg);
+      return;
+    }
+    this.runLocal(async () => {
+      await this.whenIdle();
+      if (route.action === 'reject') {
+        this.deps.observer.statement('rejected');
+        return this.forwardRaise(route.error);
+      }
+      if (this.txStatus !== 'I') {
+        if (this.deps.settings().inTransaction === 'foreground') {
+          this.deps.observer.statement('forwarded');
+          this.pendingReady++;
+          this.writeUpstream(msg);
+          return;
+        }
+        this.deps.observer.statement('rejected');
+        return this.forwardRaise(inTransactionError(route.plan));
+      }
+      try {
+        const job = await this.submit(route.plan, null);
+        this.writeClient(Buffer.concat([jobRowDescription(), jobRow(job), jobCommandComplete(), readyForQuery(this.txStatus)]));
+      } catch (err) {
+        this.writeClient(Buffer.concat([errorResponse(toPgError(err, this.deps.log, this.id)), readyForQuery(this.txStatus)]));
+      }
+    });
+  }
+
+  /**
+   * Sends the client's error through the server as a failing statement, so the server's
+   * transaction state (an explicit block now aborted) is exactly what the client is told.
+   */
+  private forwardRaise(error: PgError): void {
+    this.pendingReady++;
+    this.writeUpstream(queryMessage(raiseStatement(error)));
+  }
+
+  private onParse(msg: Buffer): void {
+    const parse = readParse(msg);
+    const route = this.deps.router().route(parse.sql, this.routingContext());
+    if (route.action === 'forward') {
+      this.deps.observer.statement('forwarded');
+      if (!this.local.empty) this.local.forgetStatement(parse.name);
+      return this.forwardExtended(msg);
+    }
+    this.local.forgetStatement(parse.name);
+    if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+      // Answers to earlier messages of this batch may still sit unflushed in the server, so the
+      // proxy cannot answer in between; the statement fails in its place, in order.
+      this.deps.observer.statement('rejected');
+      const error =
+        route.action === 'reject'
+          ? route.error
+          : new PgError(
+              SqlState.FeatureNotSupported,
+              'a background statement must be the first message of its pipeline',
+              'pgbg-proxy answers background statements itself and cannot interleave its answer with pending server results.',
+              'Send Sync before the background statement.',
+            );
+      return this.forwardExtended(parseMessage(parse.name, raiseStatement(error), parse.paramTypes));
+    }
+    this.runLocal(async () => {
+      await this.whenIdle();
+      if (route.action === 'reject') {
+        this.deps.observer.statement('rejected');
+        return this.forwardExtended(parseMessage(parse.name, raiseStatement(route.error), parse.paramTypes));
+      }
+      if (this.txStatus !== 'I') {
+        if (this.deps.settings().inTransaction === 'foreground') return this.forwardExtended(msg);
+        this.deps.observer.statement('rejected');
+        return this.forwardExtended(parseMessage(parse.name, raiseStatement(inTransactionError(route.plan)), parse.paramTypes));
+      }
+      this.batchHasLocal = true;
+      try {
+        if (!this.deps.jobs) throw jobsDisabled();
+        const paramTypes = await this.deps.jobs.describe(this.channel, route.plan, parse.paramTypes);
+        this.local.statements.set(parse.name, { plan: route.plan, paramTypes });
+        this.writeClient(parseComplete());
+      } catch (err) {
+        this.localError(err);
+      }
+    });
+  }
+
+  /** Handles Bind/Describe/Execute/Close aimed at the proxy's own statements; false to forward. */
+  private dispatchLocalExtended(type: number, msg: Buffer): boolean {
+    if (type === B) {
+      const bind = readBind(msg);
+      const stmt = this.local.statements.get(bind.statement);
+      if (!stmt) {
+        this.local.forgetPortal(bind.portal);
+        return false;
+      }
+      if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+        // Same ordering constraint as in onParse: make the server produce the error in place.
+        this.forwardExtended(bindToMissingStatement(msg));
+        return true;
+      }
+      this.batchHasLocal = true;
+      const n = stmt.paramTypes.length;
+      if (bind.params.length !== n) {
+        this.localError(
+          new PgError('08P01', `bind message supplies ${bind.params.length} parameters, but prepared statement "${bind.statement}" requires ${n}`),
+        );
+        return true;
+      }
+      const formats = bind.paramFormats.length === 1 ? new Array(n).fill(bind.paramFormats[0]) : bind.paramFormats;
+      this.local.portals.set(bind.portal, {
+        statement: stmt,
+        params: { types: stmt.paramTypes, formats: n === 0 ? [] : formats.length ? formats : new Array(n).fill(0), values: bind.params },
+        resultFormats: bind.resultFormats,
+      });
+      this.writeClient(bindComplete());
+      return true;
+    }
+    const target = type === E ? { kind: 'P' as const, name: readExecute(msg).portal } : readTarget(msg);
+    const isLocal = target.kind === 'S' ? this.local.statements.has(target.name) : this.local.portals.has(target.name);
+    if (!isLocal) return false;
+    if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+      this.forwardExtended(msg);
+      return true;
+    }
+    this.batchHasLocal = true;
+    if (type === C) {
+      if (target.kind === 'S') this.local.forgetStatement(target.name);
+      else this.local.forgetPortal(target.name);
+      this.writeClient(closeComplete());
+      return true;
+    }
+    if (type === D) {
+      if (target.kind === 'S') {
+        const stmt = this.local.statements.get(target.name) as LocalStatement;
+        this.writeClient(Buffer.concat([parameterDescription(stmt.paramTypes), jobRowDescription()]));
+      } else {
+        this.writeClient(jobRowDescription(this.local.portals.get(target.name)!.resultFormats));
+      }
+      return true;
+    }
+    const portal = this.local.portals.get(target.name)!;
+    this.local.forgetPortal(target.name);
+    this.runLocal(async () => {
+      await this.whenIdle();
+      try {
+        if (this.txStatus !== 'I') throw inTransactionError(portal.statement.plan);
+        const job = await this.submit(portal.statement.plan, portal.params);
+        this.writeClient(Buffer.concat([jobRow(job, portal.resultFormats), jobCommandComplete()]));
+      } catch (err) {
+        this.localError(err);
+      }
+    });
+    return true;
+  }
+
+  private onSync(msg: Buffer): void {
+    const answerLocally = this.batchHasLocal && this.forwardedSinceSync === 0 && this.pendingReady === 0;
+    this.skipUntilSync = false;
+    this.batchHasLocal = false;
+    this.forwardedSinceSync = 0;
+    if (answerLocally) {
+      this.flushOutbound();
+      this.writeClient(readyForQuery(this.txStatus));
+      return;
+    }
+    this.pendingReady++;
+    this.outbound.add(msg);
+  }
+
+  private localError(err: unknown): void {
+    this.writeClient(errorResponse(toPgError(err, this.deps.log, this.id)));
+    this.skipUntilSync = true;
+  }
+
+  private async submit(plan: JobPlan, params: import('../jobs/submitter.js').BoundParams | null): Promise<SubmittedJob> {
+    if (!this.deps.jobs) throw jobsDisabled();
+    const job = await this.deps.jobs.submit(this.channel, plan, params, {
+      sessionId: this.id,
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+    });
+    this.deps.observer.statement('backgrounded');
+    if (job.supervised) {
+      this.supervised.set(job.jobId, job.supervised);
+      this.scheduleSupervision();
+    }
+    return job;
+  }
+
+  // ---- the proxy's own work on the upstream session ---------------------------------------
+
+  /** Runs an operation of the proxy's own; client messages that arrive meanwhile are held. */
+  private runLocal(op: () => Promise<void>): void {
+    this.flushOutbound();
+    this.localBusy = true;
+    op()
+      .catch((err) => {
+        this.deps.log.error({ session: this.id, err }, 'local operation failed');
+        this.fatal(new PgError(SqlState.InternalError, 'pgbg-proxy internal error', undefined, undefined, 'FATAL'));
+      })
+      .finally(() => {
+        this.localBusy = false;
+        this.flushOutbound();
+        this.pump();
+      });
+  }
+
+  private pump(): void {
+    while (!this.localBusy && this.held.length > 0 && this.phase === 'ready') {
+      const next = this.held.shift()!;
+      this.heldBytes -= next.msg.length;
+      try {
+        this.dispatch(next.type, next.msg);
+      } catch (err) {
+        this.flushOutbound();
+        if (err instanceof ProtocolViolation) return this.protocolViolation(err);
+        throw err;
+      }
+    }
+    this.flushOutbound();
+    if (this.heldBytes <= HELD_BYTES_LIMIT) this.unpause('held');
+    if (!this.localBusy && this.held.length === 0) this.maybeFinishAdopted();
+  }
+
+  /** Resolves once the server owes the client nothing; local writes are safe from then on. */
+  private whenIdle(): Promise<void> {
+    if (this.pendingReady === 0 && this.backend.atBoundary) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private exchange(messages: Buffer[]): Promise<Exchange> {
+    if (this.phase !== 'ready' || !this.upstream) return Promise.reject(new Error('upstream session is closed'));
+    if (this.collector) return Promise.reject(new Error('an exchange is already running'));
+    return new Promise<Exchange>((resolve, reject) => {
+      this.collector = new ExchangeCollector(
+        (result) => {
+          this.collector = null;
+          this.txStatus = result.status;
+          resolve(result);
+        },
+        reject,
+      );
+      this.writeUpstream(messages.length === 1 ? messages[0] : Buffer.concat(messages));
+    });
+  }
+
+  private scheduleSupervision(): void {
+    if (this.superviseTimer || this.supervised.size === 0 || !this.deps.jobs) return;
+    this.superviseTimer = setTimeout(() => {
+      this.superviseTimer = null;
+      this.superviseOnce();
+    }, this.deps.settings().supervisePollMs);
+  }
+
+  /** Polls supervised workers when the session is idle outside a transaction block (decision 4). */
+  private superviseOnce(): void {
+    if (this.phase !== 'ready' || !this.deps.jobs) return;
+    if (!this.idle || this.held.length > 0 || this.txStatus !== 'I') return this.scheduleSupervision();
+    const jobs = this.deps.jobs;
+    this.runLocal(async () => {
+      for (const worker of [...this.supervised.values()]) {
+        if (await jobs.poll(this.channel, worker)) this.supervised.delete(worker.jobId);
+      }
+      this.scheduleSupervision();
+    });
+  }
+
+  // ---- server → client ------------------------------------------------------------------
+
+  private onUpstreamData(chunk: Buffer): void {
+    this.deps.observer.bytes('server_to_client', chunk.length);
+    this.backend.push(chunk);
+    if (this.pendingReady === 0 && this.backend.atBoundary && this.idleWaiters.length) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  capturing(): boolean {
+    return this.phase === 'auth' || (this.collector !== null && this.pendingReady === 0);
+  }
+
+  relay(bytes: Buffer): void {
+    if (this.clientGone) return;
+    if (!this.client.write(bytes)) this.pause('client');
+  }
+
+  noteMessage(type: number, status: number): void {
+    if (type === 0x5a) {
+      if (this.pendingReady > 0) this.pendingReady--;
+      this.txStatus = String.fromCharCode(status) as 'I' | 'T' | 'E';
+    }
+  }
+
+  capture(type: number, message: Buffer): void {
+    if (this.phase === 'auth') return this.onAuthMessage(type, message);
+    // Notifications and parameter changes belong to the client even while we hold the session.
+    if (type === 0x41 || type === 0x53) {
+      this.relay(message);
+      return;
+    }
+    if (this.collector?.take(message)) {
+      /* resolved */
+    }
+  }
+
+  private onAuthMessage(type: number, message: Buffer): void {
+    if (type === 0x4b) {
+      // BackendKeyData: clients get a key made up by the proxy; the server's stays here.
+      this.realPid = message.readInt32BE(5);
+      this.realKey = message.readInt32BE(9);
+      this.proxyKey = this.deps.cancelKeys.issue({ cancel: () => this.cancelUpstream() });
+      this.relay(backendKeyData(this.proxyKey.pid, this.proxyKey.key));
+      return;
+    }
+    this.relay(message);
+    if (type === 0x5a) {
+      this.phase = 'ready';
+      this.txStatus = String.fromCharCode(message[5]) as 'I' | 'T' | 'E';
+      this.deps.log.info(
+        { session: this.id, user: this.user, database: this.database, application_name: this.applicationName, backend_pid: this.realPid },
+        'session ready',
+      );
+      const early = this.authHeld;
+      this.authHeld = [];
+      for (const m of early) this.onClientMessage(m[0], m);
+      this.flushOutbound();
+    }
+  }
+
+  cancelUpstream(): void {
+    if (!this.realPid) return;
+    const s = this.deps.settings();
+    sendCancel(s.upstream, this.realPid, this.realKey, s.connectTimeoutMs).catch((err) =>
+      this.deps.log.warn({ session: this.id, err: (err as Error).message }, 'cancel request to server failed'),
+    );
+  }
+
+  // ---- writing, back-pressure, endings ----------------------------------------------------
+
+  private flushOutbound(): void {
+    if (this.outbound.empty) return;
+    this.outbound.drainTo((buf) => this.writeUpstream(buf));
+  }
+
+  private writeUpstream(buf: Buffer): void {
+    if (!this.upstream || this.upstream.destroyed) return;
+    if (!this.upstream.write(buf)) this.pause('upstream');
+  }
+
+  private writeClient(buf: Buffer): void {
+    if (this.clientGone) return;
+    if (!this.client.write(buf)) this.pause('client');
+  }
+
+  /**
+   * 'upstream' = the server is not draining what the client sends: stop reading the client.
+   * 'client' = the client is not draining what the server sends: stop reading the server.
+   */
+  private pause(reason: 'held' | 'upstream' | 'client'): void {
+    this.pausedBy.add(reason);
+    if (reason === 'client') this.upstream?.pause();
+    else this.client.pause();
+  }
+
+  private unpause(reason: 'held' | 'upstream' | 'client'): void {
+    if (!this.pausedBy.delete(reason)) return;
+    if (reason === 'client') this.upstream?.resume();
+    else if (!this.pausedBy.has('held') && !this.pausedBy.has('upstream')) this.client.resume();
+  }
+
+  private protocolViolation(err: ProtocolViolation): void {
+    this.deps.observer.protocolError(err.reason);
+    this.deps.log.warn({ session: this.id, reason: err.reason, err: err.message }, 'protocol violation');
+    this.fatal(new PgError(SqlState.ProtocolViolation, err.message, undefined, undefined, 'FATAL'));
+  }
+
+  /** Ends the session with a FATAL error, if the client can still be told at a message boundary. */
+  fatal(error: PgError): void {
+    if (!this.clientGone && this.backend.atBoundary) {
+      this.client.end(errorResponse(error));
+    } else {
+      this.client.destroy();
+    }
+    this.clientGone = true;
+    this.supervised.clear();
+    this.close();
+  }
+
+  private failStartup(error: PgError): void {
+    if (!this.clientGone) this.client.end(errorResponse(error));
+    this.clientGone = true;
+    this.close();
+  }
+
+  /** Ends the session when idle (graceful shutdown); returns whether it did. */
+  closeIfIdle(): boolean {
+    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && this.supervised.size === 0) {
+      this.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
+      return true;
+    }
+    return this.phase === 'closed';
+  }
+
+  private onClientClosed(): void {
+    if (this.clientGone) return;
+    this.clientGone = true;
+    this.local.statements.clear();
+    this.local.portals.clear();
+    this.held = [];
+    this.heldBytes = 0;
+    if (this.supervised.size > 0 && this.phase === 'ready') {
+      // Adopted: the upstream session outlives its client until its supervised jobs end.
+      this.deps.log.info({ session: this.id, jobs: [...this.supervised.keys()].map(String) }, 'client left; keeping session for its jobs');
+      this.unpause('client');
+      this.afterClientLeft();
+      return;
+    }
+    this.close();
+  }
+
+  private afterClientLeft(): void {
+    this.whenIdle().then(() => {
+      if (this.phase !== 'ready') return;
+      if (this.txStatus !== 'I') {
+        this.runLocal(async () => {
+          await this.exchange([queryMessage('ROLLBACK')]);
+        });
+      }
+      this.scheduleSupervision();
+    });
+  }
+
+  private maybeFinishAdopted(): void {
+    if (this.clientGone && this.phase === 'ready' && this.supervised.size === 0 && this.idle) this.close();
+  }
+
+  private onUpstreamClosed(): void {
+    if (this.phase === 'closed') return;
+    if (this.collector) this.collector.reject(new Error('server closed the connection'));
+    if (!this.clientGone) {
+      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0) {
+        this.client.end(
+          errorResponse(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly', undefined, undefined, 'FATAL')),
+        );
+      } else {
+        this.client.end();
+      }
+      this.clientGone = true;
+    }
+    this.close();
+  }
+
+  close(): void {
+    if (this.phase === 'closed') return;
+    const wasConnected = this.upstream !== null;
+    this.phase = 'closed';
+    if (this.superviseTimer) clearTimeout(this.superviseTimer);
+    if (this.proxyKey) this.deps.cancelKeys.release(this.proxyKey.pid);
+    if (this.upstream && !this.upstream.destroyed) {
+      this.upstream.end(Buffer.from([X, 0, 0, 0, 4]));
+      this.upstream.destroySoon?.();
+    }
+    if (wasConnected) this.deps.observer.upstreamConnected(-1);
+    if (!this.client.destroyed) this.client.destroy();
+    this.deps.log.info({ session: this.id, duration_ms: Date.now() - this.startedAt }, 'session ended');
+    for (const l of this.closeListeners) l();
+  }
+}
+
+function queryMessage(sql: string): Buffer {
+  const body = Buffer.from(sql + '\0', 'utf8');
+  const msg = Buffer.alloc(5 + body.length);
+  msg[0] = Q;
+  msg.writeInt32BE(4 + body.length, 1);
+  body.copy(msg, 5);
+  return msg;
+}
+
+function parseMessage(name: string, sql: string, paramTypes: number[]): Buffer {
+  const n = Buffer.from(name + '\0', 'utf8');
+  const s = Buffer.from(sql + '\0', 'utf8');
+  const len = 4 + n.length + s.length + 2 + 4 * paramTypes.length;
+  const msg = Buffer.alloc(1 + len);
+  msg[0] = P;
+  msg.writeInt32BE(len, 1);
+  let pos = 5;
+  pos += n.copy(msg, pos);
+  pos += s.copy(msg, pos);
+  msg.writeInt16BE(paramTypes.length, pos);
+  pos += 2;
+  for (const t of paramTypes) {
+    msg.writeUInt32BE(t, pos);
+    pos += 4;
+  }
+  return msg;
+}
+
+/** A Bind aimed at a statement name the server cannot have, so the server fails it in order. */
+function bindToMissingStatement(msg: Buffer): Buffer {
+  const portalEnd = msg.indexOf(0, 5);
+  const stmtEnd = msg.indexOf(0, portalEnd + 1);
+  const replacement = Buffer.from('pgbg-proxy: background statement must start its own pipeline', 'utf8');
+  const out = Buffer.concat([msg.subarray(0, portalEnd + 1), replacement, msg.subarray(stmtEnd)]);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}
+
+function inTransactionError(plan: JobPlan): PgError {
+  return new PgError(
+    SqlState.ActiveSqlTransaction,
+    `${plan.kind} cannot run in the background inside a transaction block`,
+    'A background job runs in its own worker and cannot join the client’s transaction.',
+    'Run the statement outside BEGIN ... COMMIT, or remove the background hint.',
+  );
+}
+
+function jobsDisabled(): PgError {
+  return new PgError(SqlState.FeatureNotSupported, 'background jobs are disabled in this pgbg-proxy', undefined, 'Set jobs.enabled: true in the configuration.');
+}
+
+function toPgError(err: unknown, log: Logger, session: string): PgError {
+  if (err instanceof PgError) return err;
+  log.error({ session, err }, 'unexpected error while handling a background statement');
+  return new PgError(SqlState.InternalError, `pgbg-proxy: ${(err as Error).message ?? String(err)}`);
+}
+
+export type { Route };

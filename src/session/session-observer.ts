@@ -1,0 +1,14 @@
+/** What a session reports as it runs; the metrics module implements it, tests may count with it. */
+export interface SessionObserver {
+  bytes(direction: 'client_to_server' | 'server_to_client', n: number): void;
+  statement(action: 'forwarded' | 'backgrounded' | 'rejected'): void;
+  protocolError(reason: string): void;
+  upstreamConnected(delta: 1 | -1): void;
+}
+
+export const quietObserver: SessionObserver = {
+  bytes() {},
+  statement() {},
+  protocolError() {},
+  upstreamConnected() {},
+};
