@@ -4,6 +4,9 @@ import { createLogger } from './log/logger.js';
 import { startListener, type RunningListener } from './listener/server.js';
 import type { StatementRouter } from './rules/route.js';
 import { forwardAll } from './rules/forward-all.js';
+import { JobRouter } from './rules/job-router.js';
+import { loadSqlParser } from './rules/sql-parser.js';
+import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -18,18 +21,28 @@ export interface StartOptions {
   log?: Logger;
 }
 
+function routerFor(config: ProxyConfig): StatementRouter {
+  return config.jobs.enabled ? new JobRouter(config.rules) : forwardAll;
+}
+
 /** Wires the parts together for one configuration. */
 export async function startProxy(config: ProxyConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const log = options.log ?? createLogger(config.log);
-  let router: StatementRouter = forwardAll;
-  const listener = await startListener(config, { log, router: () => router });
+  if (config.jobs.enabled) await loadSqlParser();
+  let router = routerFor(config);
+  const listener = await startListener(config, {
+    log,
+    router: () => router,
+    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log) : null,
+  });
   return {
     address: listener.address,
     listener,
     log,
     reload(next) {
+      router = routerFor(next);
       listener.reload(next);
-      log.info('configuration reloaded');
+      log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {
       await listener.close(graceMs);

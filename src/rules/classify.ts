@@ -7,6 +7,11 @@ export interface Classification {
   transactional: boolean;
   /** How a backgrounded statement's rows can be captured, if it returns any. */
   rows: 'none' | 'subquery' | 'cte';
+  /**
+   * Tables a utility statement names. Parse checks names only for planned statements, so the
+   * proxy checks these itself before it hands out a job id.
+   */
+  relations: string[];
 }
 
 const SIMPLE_KINDS: Record<string, string> = {
@@ -88,7 +93,28 @@ export function classify(parsed: ParsedStatement): Classification {
   let rows: Classification['rows'] = 'none';
   if (type === 'SelectStmt' && !node.intoClause) rows = 'subquery';
   else if ((type === 'InsertStmt' || type === 'UpdateStmt' || type === 'DeleteStmt') && Array.isArray(node.returningList) && node.returningList.length) rows = 'cte';
-  return { kind, transactional: !isNonTransactional(type, node), rows };
+  return { kind, transactional: !isNonTransactional(type, node), rows, relations: utilityRelations(type, node) };
+}
+
+interface RangeVar {
+  schemaname?: string;
+  relname?: string;
+}
+
+function utilityRelations(type: string, node: Record<string, unknown>): string[] {
+  const vars: (RangeVar | undefined)[] = [];
+  if (type === 'VacuumStmt' && Array.isArray(node.rels)) {
+    for (const r of node.rels) vars.push((r as { VacuumRelation?: { relation?: RangeVar } }).VacuumRelation?.relation);
+  } else if (['IndexStmt', 'ReindexStmt', 'ClusterStmt', 'RefreshMatViewStmt'].includes(type)) {
+    vars.push(node.relation as RangeVar | undefined);
+  }
+  return vars
+    .filter((v): v is RangeVar => Boolean(v?.relname))
+    .map((v) => (v.schemaname ? `${quoteIdent(v.schemaname)}.${quoteIdent(v.relname!)}` : quoteIdent(v.relname!)));
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
 }
 
 function dropKind(node: Record<string, unknown>): string {

@@ -144,6 +144,6 @@ function buildPlan(
     rule,
     options,
     params,
-    relations: [],
+    relations: c.relations,
   };
 }

@@ -25,6 +25,7 @@ import { OutboundBatch } from './outbound-batch.js';
 import { LocalPortals, type LocalStatement } from './local-portals.js';
 import { jobCommandComplete, jobRow, jobRowDescription } from './job-answer.js';
 import { raiseStatement } from './raise-statement.js';
+import { parse as parseMessage, query as queryMessage } from '../protocol/frontend-writer.js';
 import type { SessionObserver } from './session-observer.js';
 
 export interface SessionSettings {
@@ -742,34 +743,6 @@ export class ClientSession implements BackendStreamSink {
     this.deps.log.info({ session: this.id, duration_ms: Date.now() - this.startedAt }, 'session ended');
     for (const l of this.closeListeners) l();
   }
-}
-
-function queryMessage(sql: string): Buffer {
-  const body = Buffer.from(sql + '\0', 'utf8');
-  const msg = Buffer.alloc(5 + body.length);
-  msg[0] = Q;
-  msg.writeInt32BE(4 + body.length, 1);
-  body.copy(msg, 5);
-  return msg;
-}
-
-function parseMessage(name: string, sql: string, paramTypes: number[]): Buffer {
-  const n = Buffer.from(name + '\0', 'utf8');
-  const s = Buffer.from(sql + '\0', 'utf8');
-  const len = 4 + n.length + s.length + 2 + 4 * paramTypes.length;
-  const msg = Buffer.alloc(1 + len);
-  msg[0] = P;
-  msg.writeInt32BE(len, 1);
-  let pos = 5;
-  pos += n.copy(msg, pos);
-  pos += s.copy(msg, pos);
-  msg.writeInt16BE(paramTypes.length, pos);
-  pos += 2;
-  for (const t of paramTypes) {
-    msg.writeUInt32BE(t, pos);
-    pos += 4;
-  }
-  return msg;
 }
 
 /** A Bind aimed at a statement name the server cannot have, so the server fails it in order. */

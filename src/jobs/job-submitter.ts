@@ -1,0 +1,101 @@
+import type { Logger } from 'pino';
+import { PgError } from '../protocol/errors.js';
+import { SqlState } from '../protocol/sqlstate.js';
+import type { SessionChannel } from '../upstream/channel.js';
+import type { JobPlan } from './plan.js';
+import type { BoundParams, JobSubmitter, SubmitContext, SubmittedJob, SupervisedWorker } from './submitter.js';
+import { describeStatement, runOrThrow, runStatement, serverError } from './upstream-sql.js';
+import { literalsFor, substitute } from './param-literals.js';
+import { superviseStep } from './supervise.js';
+
+/**
+ * Submits jobs on the client's own upstream session (DESIGN.md decision 1): the statement is
+ * checked by the server, the job row is inserted and the worker launched in one implicit
+ * transaction by pgbg.submit_and_launch (so a failed launch leaves no job behind), and the
+ * worker, running as the client's role, waits until that row is committed before it starts.
+ */
+export class PgBackgroundSubmitter implements JobSubmitter {
+  constructor(private readonly log: Logger) {}
+
+  async describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]> {
+    const statement = plan.statements[0];
+    const { paramTypes, error } = await describeStatement(channel, statement, declaredTypes);
+    if (error) throw error;
+    if (plan.relations.length > 0) {
+      const missing = await runOrThrow(channel, 'SELECT r FROM unnest($1::text[]) r WHERE to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
+      if (missing.rows.length > 0) {
+        throw new PgError('42P01', `relation ${missing.rows[0][0]} does not exist`);
+      }
+    }
+    return paramTypes;
+  }
+
+  async submit(channel: SessionChannel, plan: JobPlan, params: BoundParams | null, ctx: SubmitContext): Promise<SubmittedJob> {
+    const started = process.hrtime.bigint();
+    let statement = plan.statements[0];
+    if (params && params.values.length > 0) {
+      statement = substitute(statement, plan.params, await literalsFor(channel, params));
+    } else if (plan.params.length > 0) {
+      throw new PgError(SqlState.ProtocolViolation, `statement uses $${plan.params[0].index} but no parameters were bound`);
+    } else {
+      // Simple protocol: nothing was checked at Parse time, so check now.
+      await this.describe(channel, plan, []);
+    }
+    const options = {
+      returns_rows: plan.returnsRows,
+      rows_via: plan.rowsVia,
+      timeout_ms: plan.options.timeoutMs,
+      not_before: plan.options.notBefore,
+    };
+    const result = await runStatement(
+      channel,
+      'SELECT job_id, state, worker_pid, cookie, api FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8)',
+      [statement, plan.kind, String(plan.transactional), plan.rule, JSON.stringify(options), plan.options.priority?.toString() ?? null, plan.options.key ?? null, ctx.sessionId],
+    );
+    const err = serverError(result);
+    if (err) throw explainSubmitError(err, ctx.database);
+    const [jobId, state, workerPid, cookie, api] = result.rows[0] as string[];
+    const job: SubmittedJob = { jobId: BigInt(jobId), state };
+    if (!plan.transactional && workerPid) {
+      job.supervised = { jobId: job.jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
+    }
+    this.log.info(
+      {
+        event: 'job_submitted',
+        job_id: jobId,
+        session: ctx.sessionId,
+        user: ctx.user,
+        database: ctx.database,
+        kind: plan.kind,
+        rule: plan.rule,
+        state,
+        worker_pid: workerPid ? Number(workerPid) : null,
+        submit_ms: Number(process.hrtime.bigint() - started) / 1e6,
+      },
+      'job submitted',
+    );
+    return job;
+  }
+
+  poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean> {
+    return superviseStep(channel, worker, this.log);
+  }
+}
+
+/** The errors whose server wording does not tell the user what to do. */
+function explainSubmitError(err: PgError, database: string): PgError {
+  const aboutRegistry = err.code === '3F000' || (err.code === '42883' && /pgbg\.submit_and_launch/.test(err.message));
+  if (aboutRegistry) {
+    return new PgError(
+      SqlState.ObjectNotInPrerequisiteState,
+      `the pgbg job registry is not installed in database "${database}"`,
+      err.message,
+      `Run: pgbg-proxy migrate --database postgres://SUPERUSER@HOST:PORT/${database}`,
+    );
+  }
+  return err;
+}
+
+function pgTextArray(items: string[]): string {
+  return `{${items.map((s) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
+}

@@ -1,0 +1,949 @@
+/**
+ * Job registry, schema version 1.
+ *
+ * Applied by `migrate()` (src/jobs/migrate.ts) inside one transaction, as a superuser, after
+ * schema `pgbg` and `pgbg.schema_version` exist. Held as a string constant because the build
+ * only copies .ts files to dist.
+ *
+ * Security model (see DESIGN.md decisions 1, 3, 5):
+ *  - `pgbg.job` / `pgbg.job_result` have row-level security: a role sees its own jobs, members
+ *    of `pgbg_admin` see all. Users may INSERT only 'queued' rows for themselves (through
+ *    `pgbg.submit`), never UPDATE or DELETE; every state change goes through a function.
+ *  - SECURITY DEFINER functions are owned by the migrating superuser, pin their search_path,
+ *    and identify the caller by `session_user` (inside a definer function current_user is the
+ *    definer). They bypass RLS, so each one checks ownership itself (`pgbg._may_manage`).
+ *  - `pgbg.run_job` is SECURITY INVOKER: the worker runs it as the submitting role, so a job
+ *    never has more rights than its submitter. It deliberately has no SET search_path clause:
+ *    pg_background copies the launching session's GUCs (search_path included) into the worker,
+ *    and the user's statement must resolve names exactly as it would in the client's session.
+ *    Every name in its body is schema-qualified instead.
+ *  - `pgbg.await` is a procedure that COMMITs between polls; PostgreSQL forbids transaction
+ *    control in procedures with a SET clause, so it too is unpinned and fully qualified.
+ */
+export const V1_SQL = String.raw`
+-- ---------------------------------------------------------------------------------------
+-- Role: members see and manage every job
+-- ---------------------------------------------------------------------------------------
+DO $do$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgbg_admin') THEN
+    BEGIN
+      CREATE ROLE pgbg_admin NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL; -- created concurrently by a migration of another database of this cluster
+    END;
+  END IF;
+END
+$do$;
+
+-- ---------------------------------------------------------------------------------------
+-- Tables
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE pgbg.job (
+  id               bigserial PRIMARY KEY,
+  state            text NOT NULL DEFAULT 'queued'
+                   CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'lost')),
+  owner            name NOT NULL DEFAULT current_user,
+  database         name NOT NULL DEFAULT current_database(),
+  statement        text NOT NULL,
+  kind             text,
+  transactional    boolean NOT NULL DEFAULT true,
+  rule             text,
+  options          jsonb NOT NULL DEFAULT '{}'::jsonb,
+  priority         integer NOT NULL DEFAULT 0,
+  idem_key         text,
+  submitted_at     timestamptz NOT NULL DEFAULT now(),
+  started_at       timestamptz,
+  finished_at      timestamptz,
+  launcher_pid     integer,
+  launcher_start   timestamptz,
+  worker_pid       integer,
+  worker_start     timestamptz,
+  cookie           bigint,
+  api              integer CHECK (api IN (1, 2)),
+  supervised       boolean NOT NULL DEFAULT false,
+  cancel_requested boolean NOT NULL DEFAULT false,
+  command_tag      text,
+  rows             bigint,
+  sqlstate         text,
+  error            text,
+  error_detail     text,
+  lost_reason      text,
+  attempts         integer NOT NULL DEFAULT 0,
+  session_id       text,
+  application_name text,
+  -- a non-transactional statement cannot record its own outcome: somebody must supervise it
+  CONSTRAINT job_non_transactional_is_supervised CHECK (transactional OR supervised)
+);
+
+COMMENT ON TABLE pgbg.job IS 'pgbg-proxy job registry: one row per background job. Change it only through pgbg.* functions.';
+
+CREATE INDEX job_owner_idx ON pgbg.job (owner, id);
+CREATE INDEX job_active_idx ON pgbg.job (state, id) WHERE state IN ('queued', 'running');
+-- at most one active job per (owner, idempotency key)
+CREATE UNIQUE INDEX job_active_idem_key_idx ON pgbg.job (owner, idem_key)
+  WHERE idem_key IS NOT NULL AND state IN ('queued', 'running');
+
+CREATE TABLE pgbg.job_result (
+  job_id bigint NOT NULL REFERENCES pgbg.job (id) ON DELETE CASCADE,
+  ord    bigint NOT NULL,
+  "row"  jsonb,
+  PRIMARY KEY (job_id, ord)
+);
+
+COMMENT ON TABLE pgbg.job_result IS 'Rows returned by backgrounded SELECT / ... RETURNING statements, in order; read them with pgbg.result(job_id).';
+
+-- ---------------------------------------------------------------------------------------
+-- Row-level security
+-- ---------------------------------------------------------------------------------------
+ALTER TABLE pgbg.job ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pgbg.job FORCE ROW LEVEL SECURITY;
+ALTER TABLE pgbg.job_result ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pgbg.job_result FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY job_select ON pgbg.job FOR SELECT
+  USING (owner = current_user OR pg_catalog.pg_has_role(current_user, 'pgbg_admin', 'MEMBER'));
+
+CREATE POLICY job_insert ON pgbg.job FOR INSERT
+  WITH CHECK (owner = current_user
+              AND state = 'queued'
+              AND database = current_database()
+              AND launcher_pid = pg_catalog.pg_backend_pid()
+              AND worker_pid IS NULL AND started_at IS NULL AND finished_at IS NULL
+              AND NOT cancel_requested AND attempts = 0);
+
+-- no UPDATE / DELETE policies: with RLS enabled that denies both (and no privilege is granted)
+
+CREATE POLICY job_result_select ON pgbg.job_result FOR SELECT
+  USING (EXISTS (SELECT 1 FROM pgbg.job j WHERE j.id = job_result.job_id));
+
+CREATE POLICY job_result_insert ON pgbg.job_result FOR INSERT
+  WITH CHECK (EXISTS (SELECT 1 FROM pgbg.job j
+                      WHERE j.id = job_result.job_id
+                        AND j.owner = current_user
+                        AND j.state IN ('queued', 'running')));
+
+-- ---------------------------------------------------------------------------------------
+-- Privileges on relations
+-- ---------------------------------------------------------------------------------------
+REVOKE ALL ON pgbg.job, pgbg.job_result FROM PUBLIC;
+GRANT SELECT ON pgbg.job TO PUBLIC;
+GRANT INSERT (statement, kind, transactional, rule, options, priority, idem_key,
+              launcher_pid, launcher_start, supervised, session_id, application_name)
+  ON pgbg.job TO PUBLIC;
+GRANT USAGE ON SEQUENCE pgbg.job_id_seq TO PUBLIC;
+GRANT SELECT, INSERT ON pgbg.job_result TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- View
+-- ---------------------------------------------------------------------------------------
+CREATE VIEW pgbg.jobs WITH (security_invoker = true) AS
+SELECT j.id,
+       j.state,
+       j.owner AS submitted_by,
+       j.database,
+       j.statement,
+       j.rule,
+       j.submitted_at,
+       j.started_at,
+       j.finished_at,
+       j.worker_pid,
+       j.command_tag,
+       j.rows,
+       j.sqlstate,
+       j.error,
+       j.kind,
+       COALESCE(j.finished_at, pg_catalog.clock_timestamp()) - j.started_at AS elapsed,
+       j.lost_reason,
+       j.attempts,
+       j.cancel_requested
+  FROM pgbg.job j;
+
+GRANT SELECT ON pgbg.jobs TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Internal helpers
+-- ---------------------------------------------------------------------------------------
+
+-- May the calling session manage (see, cancel, finish) a job owned by p_owner?
+-- session_user, because inside SECURITY DEFINER functions current_user is the definer.
+CREATE FUNCTION pgbg._may_manage(p_owner name) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  SELECT pg_has_role(session_user, 'pgbg_admin', 'MEMBER')
+      OR EXISTS (SELECT 1 FROM pg_roles r
+                  WHERE r.rolname = p_owner
+                    AND pg_has_role(session_user, r.oid, 'MEMBER'))
+$fn$;
+
+-- The exact SQL a worker runs for a transactional job.
+CREATE FUNCTION pgbg._run_sql(p_job_id bigint) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pgbg
+AS $fn$ SELECT 'SELECT pgbg.run_job(' || p_job_id::text || ')' $fn$;
+
+-- Command tag as PostgreSQL would print it, from the statement kind and its row count.
+CREATE FUNCTION pgbg._command_tag(p_kind text, p_rows bigint) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  SELECT CASE
+           WHEN p_kind IS NULL THEN NULL
+           WHEN upper(p_kind) = 'INSERT' THEN 'INSERT 0 ' || COALESCE(p_rows, 0)
+           WHEN upper(p_kind) IN ('UPDATE', 'DELETE', 'SELECT', 'MERGE', 'FETCH', 'MOVE', 'COPY')
+             THEN upper(p_kind) || ' ' || COALESCE(p_rows, 0)
+           WHEN upper(p_kind) IN ('CREATE TABLE AS', 'SELECT INTO', 'CREATE MATERIALIZED VIEW')
+             THEN 'SELECT ' || COALESCE(p_rows, 0)
+           ELSE p_kind
+         END
+$fn$;
+
+CREATE FUNCTION pgbg._notify(p_job_id bigint, p_state text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$ SELECT pg_notify('pgbg_jobs', json_build_object('id', p_job_id, 'state', p_state)::text) $fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- pg_background detection
+-- ---------------------------------------------------------------------------------------
+
+-- What pg_background offers the calling role in this database. Works for the extension and for
+-- a stand-in that defines the same functions without an extension row (detected by function
+-- existence, not pg_extension). fn_schema is where the launch function lives: call the API
+-- schema-qualified with it.
+CREATE FUNCTION pgbg.pg_background_info(
+  OUT installed boolean,
+  OUT fn_schema name,
+  OUT extversion text,
+  OUT api integer,
+  OUT launch_function regprocedure,
+  OUT can_launch boolean,
+  OUT can_supervise boolean,
+  OUT grant_hint text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_ext_schema oid;
+  v_launch oid;
+  v_result oid;
+  v_wait oid;
+BEGIN
+  SELECT e.extnamespace, e.extversion INTO v_ext_schema, extversion
+    FROM pg_extension e WHERE e.extname = 'pg_background';
+
+  -- prefer the extension's schema, then functions owned by a superuser, then by name
+  SELECT p.oid, n.nspname INTO v_launch, fn_schema
+    FROM pg_proc p
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    JOIN pg_roles o ON o.oid = p.proowner
+   WHERE p.proname = 'pg_background_launch_v2'
+     AND p.proargtypes = '25 23'::oidvector
+   ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST, o.rolsuper DESC, n.nspname
+   LIMIT 1;
+  IF v_launch IS NOT NULL THEN
+    api := 2;
+    SELECT p.oid INTO v_result FROM pg_proc p
+     WHERE p.proname = 'pg_background_result_v2' AND p.pronamespace = (SELECT pronamespace FROM pg_proc WHERE oid = v_launch)
+       AND p.proargtypes = '23 20'::oidvector;
+    SELECT p.oid INTO v_wait FROM pg_proc p
+     WHERE p.proname = 'pg_background_wait_v2_timeout' AND p.pronamespace = (SELECT pronamespace FROM pg_proc WHERE oid = v_launch)
+       AND p.proargtypes = '23 20 23'::oidvector;
+  ELSE
+    SELECT p.oid, n.nspname INTO v_launch, fn_schema
+      FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+      JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_launch'
+       AND p.proargtypes = '25 23'::oidvector
+     ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST, o.rolsuper DESC, n.nspname
+     LIMIT 1;
+    IF v_launch IS NOT NULL THEN
+      api := 1;
+      SELECT p.oid INTO v_result FROM pg_proc p
+       WHERE p.proname = 'pg_background_result' AND p.pronamespace = (SELECT pronamespace FROM pg_proc WHERE oid = v_launch)
+         AND p.proargtypes = '23'::oidvector;
+      v_wait := v_result; -- v1 has no wait: the result call itself blocks
+    END IF;
+  END IF;
+
+  installed := v_launch IS NOT NULL;
+  IF NOT installed THEN
+    can_launch := false;
+    can_supervise := false;
+    RETURN;
+  END IF;
+  launch_function := v_launch::regprocedure;
+  can_launch := has_function_privilege(current_user, v_launch, 'EXECUTE');
+  can_supervise := can_launch
+                   AND v_result IS NOT NULL AND has_function_privilege(current_user, v_result, 'EXECUTE')
+                   AND v_wait IS NOT NULL AND has_function_privilege(current_user, v_wait, 'EXECUTE');
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgbackground_role') THEN
+    grant_hint := format('GRANT pgbackground_role TO %I;', current_user);
+  ELSE
+    grant_hint := format('GRANT EXECUTE ON FUNCTION %s TO %I;', launch_function::text, current_user);
+    IF v_result IS NOT NULL THEN
+      grant_hint := grant_hint || format(' GRANT EXECUTE ON FUNCTION %s TO %I;', v_result::regprocedure::text, current_user);
+    END IF;
+    IF v_wait IS NOT NULL AND v_wait IS DISTINCT FROM v_result THEN
+      grant_hint := grant_hint || format(' GRANT EXECUTE ON FUNCTION %s TO %I;', v_wait::regprocedure::text, current_user);
+    END IF;
+  END IF;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Submission and launch
+-- ---------------------------------------------------------------------------------------
+
+-- Records a queued job owned by current_user, launched (next) from this session.
+-- SECURITY INVOKER: RLS checks that the row is the caller's own.
+CREATE FUNCTION pgbg.submit(
+  statement text,
+  kind text,
+  transactional boolean,
+  supervised boolean DEFAULT NULL,
+  rule text DEFAULT NULL,
+  options jsonb DEFAULT NULL,
+  priority integer DEFAULT NULL,
+  idem_key text DEFAULT NULL,
+  session_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_info record;
+  v_id bigint;
+  v_transactional boolean := COALESCE(submit.transactional, true);
+  v_supervised boolean := COALESCE(submit.supervised, NOT COALESCE(submit.transactional, true));
+  v_existing bigint;
+BEGIN
+  IF submit.statement IS NULL OR btrim(submit.statement) = '' THEN
+    RAISE EXCEPTION 'pgbg.submit: statement must not be empty' USING ERRCODE = '22023';
+  END IF;
+  IF NOT v_transactional AND NOT v_supervised THEN
+    RAISE EXCEPTION 'pgbg.submit: a non-transactional job must be supervised (its outcome can only be read by the launching session)'
+      USING ERRCODE = '22023';
+  END IF;
+
+  SELECT * INTO v_info FROM pgbg.pg_background_info();
+  IF NOT v_info.installed THEN
+    RAISE EXCEPTION 'pg_background is not installed in database %', current_database()
+      USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
+  END IF;
+  IF NOT v_info.can_launch OR (v_supervised AND NOT v_info.can_supervise) THEN
+    RAISE EXCEPTION 'permission denied: role % may not launch pg_background workers in database %', current_user, current_database()
+      USING ERRCODE = '42501',
+            DETAIL = format('%s needs EXECUTE on %s%s', current_user, v_info.launch_function::text,
+                            CASE WHEN v_supervised THEN ' and on the result/wait functions' ELSE '' END),
+            HINT = v_info.grant_hint || ' (as a superuser)';
+  END IF;
+
+  IF submit.idem_key IS NOT NULL THEN
+    SELECT j.id INTO v_existing FROM pgbg.job j
+     WHERE j.owner = current_user AND j.idem_key = submit.idem_key AND j.state IN ('queued', 'running')
+     LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'a job with key "%" is already queued or running', submit.idem_key
+        USING ERRCODE = '23505', DETAIL = format('job %s', v_existing);
+    END IF;
+  END IF;
+
+  BEGIN
+    INSERT INTO pgbg.job (statement, kind, transactional, supervised, rule, options, priority, idem_key,
+                          launcher_pid, launcher_start, session_id, application_name)
+    VALUES (submit.statement, submit.kind, v_transactional, v_supervised, submit.rule,
+            COALESCE(submit.options, '{}'::jsonb), COALESCE(submit.priority, 0), submit.idem_key,
+            pg_backend_pid(),
+            (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+            submit.session_id,
+            NULLIF(current_setting('application_name'), ''))
+    RETURNING id INTO v_id;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'a job with key "%" is already queued or running', submit.idem_key
+      USING ERRCODE = '23505';
+  END;
+  RETURN v_id;
+END
+$fn$;
+
+-- The SQL the worker must run: SELECT pgbg.run_job(<id>) for transactional jobs, the raw
+-- statement for supervised non-transactional ones. Raises unless the job is still queued.
+CREATE FUNCTION pgbg.launch_sql(job_id bigint) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v record;
+BEGIN
+  SELECT j.id, j.state, j.transactional, j.statement INTO v FROM pgbg.job j WHERE j.id = launch_sql.job_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'job % does not exist', launch_sql.job_id USING ERRCODE = '42704';
+  END IF;
+  IF v.state <> 'queued' THEN
+    RAISE EXCEPTION 'job % is %, it can no longer be launched', v.id, v.state USING ERRCODE = '55000';
+  END IF;
+  -- Build a fresh value on purpose: pg_background 1.8 reads its sql argument with VARDATA on an
+  -- unconverted PG_GETARG_TEXT_PP, so a short-header ("packed") text, as it comes out of a table
+  -- column or a SQL function's result, reaches the worker shifted by 3 bytes ("syntax error at
+  -- or near ..."). textcat always returns a new 4-byte-header, detoasted text.
+  IF v.transactional THEN
+    RETURN 'SELECT pgbg.run_job(' || v.id::text || ')';
+  END IF;
+  RETURN v.statement || '';
+END
+$fn$;
+
+-- Records the worker of a job: SELECT pgbg.mark_launched(id, h.pid, h.cookie, 2)
+--   FROM pg_background_launch_v2(pgbg.launch_sql(id)) h
+-- Moves 'queued' to 'running' only: a fast worker may already have recorded its outcome.
+-- Also makes the calling session the job's launcher (the session holding the handle).
+CREATE FUNCTION pgbg.mark_launched(job_id bigint, worker_pid integer, cookie bigint, api integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_owner name;
+  v_state text;
+  v_wstart timestamptz;
+  v_lstart timestamptz;
+BEGIN
+  SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = mark_launched.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
+    RAISE EXCEPTION 'job % does not exist', mark_launched.job_id USING ERRCODE = '42704';
+  END IF;
+  IF mark_launched.api IS NOT NULL AND mark_launched.api NOT IN (1, 2) THEN
+    RAISE EXCEPTION 'api must be 1 or 2' USING ERRCODE = '22023';
+  END IF;
+  PERFORM pg_stat_clear_snapshot();
+  SELECT a.backend_start INTO v_wstart FROM pg_stat_activity a WHERE a.pid = mark_launched.worker_pid;
+  SELECT a.backend_start INTO v_lstart FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
+
+  UPDATE pgbg.job j
+     SET worker_pid = mark_launched.worker_pid,
+         worker_start = COALESCE(v_wstart, j.worker_start),
+         cookie = mark_launched.cookie,
+         api = mark_launched.api,
+         launcher_pid = pg_backend_pid(),
+         launcher_start = v_lstart,
+         attempts = j.attempts + 1,
+         started_at = CASE WHEN j.state = 'queued' THEN COALESCE(j.started_at, clock_timestamp()) ELSE j.started_at END,
+         state = CASE WHEN j.state = 'queued' THEN 'running' ELSE j.state END
+   WHERE j.id = mark_launched.job_id
+     AND (j.state = 'queued' OR j.worker_pid IS NULL OR j.worker_pid = mark_launched.worker_pid)
+  RETURNING j.state INTO v_state;
+  IF v_state = 'running' THEN
+    PERFORM pgbg._notify(mark_launched.job_id, 'running');
+  END IF;
+  RETURN mark_launched.job_id;
+END
+$fn$;
+
+-- The launch itself failed (capacity, permissions...): the queued job becomes 'failed'.
+CREATE FUNCTION pgbg.launch_failed(job_id bigint, sqlstate text, error text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_owner name;
+BEGIN
+  SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = launch_failed.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
+    RAISE EXCEPTION 'job % does not exist', launch_failed.job_id USING ERRCODE = '42704';
+  END IF;
+  UPDATE pgbg.job j
+     SET state = 'failed', sqlstate = launch_failed.sqlstate,
+         error = 'launch failed: ' || COALESCE(launch_failed.error, 'unknown error'),
+         finished_at = clock_timestamp()
+   WHERE j.id = launch_failed.job_id AND j.state = 'queued' AND j.worker_pid IS NULL;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM pgbg._notify(launch_failed.job_id, 'failed');
+  RETURN true;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Worker side
+-- ---------------------------------------------------------------------------------------
+
+-- Records a transactional job's outcome in the worker's own transaction. Only callable from
+-- the job's worker running pgbg.run_job(<id>) as its top-level statement. If the job is no
+-- longer active (cancelled while queued, marked lost) it raises, which rolls the statement's
+-- effects back: the registry never says 'cancelled'/'lost' for work that committed.
+CREATE FUNCTION pgbg._finish(job_id bigint, state text, command_tag text, rows bigint,
+                             sqlstate text, error text, detail text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v record;
+  v_state text;
+  v_start timestamptz;
+BEGIN
+  IF _finish.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'invalid outcome state %', _finish.state USING ERRCODE = '22023';
+  END IF;
+  IF rtrim(current_query(), E' \t\r\n;') IS DISTINCT FROM pgbg._run_sql(_finish.job_id) THEN
+    RAISE EXCEPTION 'pgbg._finish may only be called by pgbg.run_job(%) running as its own statement', _finish.job_id
+      USING ERRCODE = '42501';
+  END IF;
+  SELECT j.owner, j.worker_pid, j.transactional INTO v FROM pgbg.job j WHERE j.id = _finish.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v.owner) THEN
+    RAISE EXCEPTION 'job % does not exist', _finish.job_id USING ERRCODE = '42704';
+  END IF;
+  IF v.worker_pid IS NOT NULL AND v.worker_pid <> pg_backend_pid() THEN
+    RAISE EXCEPTION 'job % belongs to worker %, not to this process', _finish.job_id, v.worker_pid
+      USING ERRCODE = '42501';
+  END IF;
+  SELECT a.backend_start INTO v_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
+
+  UPDATE pgbg.job j
+     SET state = CASE WHEN _finish.state = 'cancelled' AND NOT j.cancel_requested THEN 'failed'
+                      ELSE _finish.state END,
+         command_tag = _finish.command_tag,
+         rows = _finish.rows,
+         sqlstate = _finish.sqlstate,
+         error = _finish.error,
+         error_detail = _finish.detail,
+         started_at = COALESCE(j.started_at, now()),
+         finished_at = clock_timestamp(),
+         worker_pid = COALESCE(j.worker_pid, pg_backend_pid()),
+         worker_start = COALESCE(j.worker_start, v_start)
+   WHERE j.id = _finish.job_id AND j.state IN ('queued', 'running')
+  RETURNING j.state INTO v_state;
+  IF NOT FOUND THEN
+    SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id = _finish.job_id;
+    RAISE EXCEPTION 'job % is already %; its statement''s effects are rolled back', _finish.job_id, v_state
+      USING ERRCODE = '55000';
+  END IF;
+  PERFORM pgbg._notify(_finish.job_id, v_state);
+END
+$fn$;
+
+-- Runs a transactional job inside the worker, as the submitting role (SECURITY INVOKER; never
+-- make it definer). The outcome is written by pgbg._finish in the same transaction, so the job
+-- says 'succeeded' if and only if the statement's effects commit. Does not lock the job row
+-- until the end, so pgbg.cancel can flag it meanwhile.
+-- No SET search_path: see the header comment.
+CREATE FUNCTION pgbg.run_job(job_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+DECLARE
+  v pgbg.job%ROWTYPE;
+  v_stmt text;
+  v_rows bigint;
+  v_state text := 'succeeded';
+  v_tag text;
+  v_sqlstate text;
+  v_error text;
+  v_detail text;
+BEGIN
+  SELECT j.* INTO v FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) run_job.job_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'job % does not exist', run_job.job_id USING ERRCODE = '42704';
+  END IF;
+  IF v.owner OPERATOR(pg_catalog.<>) current_user THEN
+    RAISE EXCEPTION 'job % must run as its owner %, not as %', v.id, v.owner, current_user
+      USING ERRCODE = '42501';
+  END IF;
+  IF NOT v.transactional THEN
+    RAISE EXCEPTION 'job % is not transactional; launch its statement directly', v.id USING ERRCODE = '55000';
+  END IF;
+  IF v.state NOT IN ('queued', 'running') THEN
+    RETURN; -- cancelled before it started, or declared lost: do nothing
+  END IF;
+
+  BEGIN
+    IF (v.options OPERATOR(pg_catalog.->>) 'returns_rows') IS NOT DISTINCT FROM 'true' THEN
+      v_stmt := pg_catalog.regexp_replace(v.statement, '[\s;]+$', '');
+      IF (v.options OPERATOR(pg_catalog.->>) 'rows_via') IS NOT DISTINCT FROM 'cte' THEN
+        EXECUTE pg_catalog.format(
+          E'WITH r AS (\n%s\n) INSERT INTO pgbg.job_result (job_id, ord, "row") SELECT %s, pg_catalog.row_number() OVER (), pg_catalog.to_jsonb(r) FROM r',
+          v_stmt, v.id);
+      ELSE
+        EXECUTE pg_catalog.format(
+          E'INSERT INTO pgbg.job_result (job_id, ord, "row") SELECT %s, pg_catalog.row_number() OVER (), pg_catalog.to_jsonb(r) FROM (\n%s\n) r',
+          v.id, v_stmt);
+      END IF;
+    ELSE
+      EXECUTE v.statement;
+    END IF;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    v_tag := pgbg._command_tag(v.kind, v_rows);
+  EXCEPTION
+    WHEN query_canceled THEN
+      GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_error = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+      v_state := 'cancelled'; -- _finish turns it into 'failed' unless a cancel was requested
+      v_rows := NULL;
+      v_tag := NULL;
+    WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_error = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+      v_state := 'failed';
+      v_rows := NULL;
+      v_tag := NULL;
+  END;
+
+  PERFORM pgbg._finish(v.id, v_state, v_tag, v_rows, v_sqlstate, v_error, NULLIF(v_detail, ''));
+END
+$fn$;
+
+-- Outcome of a supervised (non-transactional) job, recorded by the launching session after
+-- reading pg_background_result_v2 / pg_background_result. Only from a non-terminal state.
+CREATE FUNCTION pgbg.finish_supervised(job_id bigint, state text, command_tag text, sqlstate text, error text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_owner name;
+  v_state text;
+BEGIN
+  IF finish_supervised.state IS NULL OR finish_supervised.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'invalid outcome state %', finish_supervised.state
+      USING ERRCODE = '22023', HINT = 'Use succeeded, failed or cancelled.';
+  END IF;
+  SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = finish_supervised.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
+    RAISE EXCEPTION 'job % does not exist', finish_supervised.job_id USING ERRCODE = '42704';
+  END IF;
+  UPDATE pgbg.job j
+     SET state = CASE
+                   WHEN finish_supervised.state = 'succeeded' THEN 'succeeded'
+                   WHEN finish_supervised.state = 'cancelled' OR finish_supervised.sqlstate = '57014'
+                     THEN CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END
+                   ELSE 'failed'
+                 END,
+         command_tag = finish_supervised.command_tag,
+         rows = NULLIF(substring(finish_supervised.command_tag FROM '(\d+)$'), '')::bigint,
+         sqlstate = finish_supervised.sqlstate,
+         error = finish_supervised.error,
+         started_at = COALESCE(j.started_at, clock_timestamp()),
+         finished_at = clock_timestamp()
+   WHERE j.id = finish_supervised.job_id
+     AND NOT j.transactional
+     AND j.state IN ('queued', 'running')
+  RETURNING j.state INTO v_state;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM pgbg._notify(finish_supervised.job_id, v_state);
+  RETURN true;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Reconciliation: mark provably dead jobs. Anyone may call it.
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION pgbg.reconcile(job_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  r record;
+  n integer := 0;
+  v_qsize integer := (SELECT s.setting::integer FROM pg_settings s WHERE s.name = 'track_activity_query_size');
+BEGIN
+  -- pg_stat_activity is snapshotted once per transaction; callers like pgbg.wait loop inside
+  -- one transaction, so drop the snapshot to see processes that ended since.
+  PERFORM pg_stat_clear_snapshot();
+
+  -- (a) transactional job, worker gone. Its outcome would have been committed by the worker
+  -- itself, so no outcome means nothing committed. The state is re-checked by the UPDATE's
+  -- WHERE (on the latest row version if the worker committed concurrently).
+  FOR r IN
+    UPDATE pgbg.job j
+       SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'lost' END,
+           lost_reason = CASE WHEN j.cancel_requested THEN NULL
+                              ELSE 'worker process ended without recording an outcome (terminated or crashed)' END,
+           sqlstate = CASE WHEN j.cancel_requested THEN '57014' ELSE j.sqlstate END,
+           error = CASE WHEN j.cancel_requested
+                        THEN 'cancelled: the worker ended after the cancel request without committing'
+                        ELSE j.error END,
+           finished_at = clock_timestamp()
+     WHERE j.state = 'running'
+       AND j.transactional
+       AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       AND j.worker_pid IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.pid = j.worker_pid
+                          AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))
+    RETURNING j.id, j.state
+  LOOP
+    PERFORM pgbg._notify(r.id, r.state);
+    n := n + 1;
+  END LOOP;
+
+  -- (b) supervised job, worker gone and the supervising (launching) session gone too
+  FOR r IN
+    UPDATE pgbg.job j
+       SET state = 'lost',
+           lost_reason = 'supervising session ended; outcome of the non-transactional statement unknown',
+           finished_at = clock_timestamp()
+     WHERE j.state = 'running'
+       AND NOT j.transactional
+       AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.pid = j.worker_pid
+                          AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.pid = j.launcher_pid
+                          AND (j.launcher_start IS NULL OR a.backend_start = j.launcher_start))
+    RETURNING j.id, j.state
+  LOOP
+    PERFORM pgbg._notify(r.id, r.state);
+    n := n + 1;
+  END LOOP;
+
+  -- (c) queued, never marked launched, launching session gone, and no process runs its SQL
+  FOR r IN
+    UPDATE pgbg.job j
+       SET state = 'lost',
+           lost_reason = 'launching session ended before the job was launched',
+           finished_at = clock_timestamp()
+     WHERE j.state = 'queued'
+       AND j.worker_pid IS NULL
+       AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.pid = j.launcher_pid
+                          AND (j.launcher_start IS NULL OR a.backend_start = j.launcher_start))
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                        WHERE a.pid <> pg_backend_pid()
+                          AND a.query <> ''
+                          AND (a.query = CASE WHEN j.transactional THEN pgbg._run_sql(j.id) ELSE j.statement END
+                               OR (octet_length(a.query) >= v_qsize - 4
+                                   AND starts_with(CASE WHEN j.transactional THEN pgbg._run_sql(j.id) ELSE j.statement END,
+                                                   a.query))))
+    RETURNING j.id, j.state
+  LOOP
+    PERFORM pgbg._notify(r.id, r.state);
+    n := n + 1;
+  END LOOP;
+
+  RETURN n;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Cancel
+-- ---------------------------------------------------------------------------------------
+
+-- Requests cancellation. queued -> 'cancelled' at once; running -> cancel_requested is set and
+-- the worker is sent pg_cancel_backend (identity checked by pid + backend_start); the worker
+-- then records 'cancelled' itself (or reconcile does, if it ends without recording).
+-- Returns true if it acted, false if the job was already finished. A job the caller may not
+-- manage raises 42704 "does not exist", exactly like a missing one.
+CREATE FUNCTION pgbg.cancel(job_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_owner name;
+  v record;
+  v_signalled boolean := false;
+BEGIN
+  SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = cancel.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
+    RAISE EXCEPTION 'job % does not exist', cancel.job_id USING ERRCODE = '42704';
+  END IF;
+
+  UPDATE pgbg.job j
+     SET cancel_requested = true,
+         state = CASE WHEN j.state = 'queued' THEN 'cancelled' ELSE j.state END,
+         finished_at = CASE WHEN j.state = 'queued' THEN clock_timestamp() ELSE j.finished_at END,
+         sqlstate = CASE WHEN j.state = 'queued' THEN '57014' ELSE j.sqlstate END,
+         error = CASE WHEN j.state = 'queued' THEN 'cancelled before it started' ELSE j.error END
+   WHERE j.id = cancel.job_id AND j.state IN ('queued', 'running')
+  RETURNING j.id, j.state, j.transactional, j.worker_pid, j.worker_start INTO v;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+
+  PERFORM pg_stat_clear_snapshot();
+  IF v.state = 'cancelled' THEN
+    PERFORM pgbg._notify(v.id, 'cancelled');
+    -- launched but not yet marked: stop a worker already running it (its _finish would refuse anyway)
+    IF v.transactional THEN
+      PERFORM pg_cancel_backend(a.pid) FROM pg_stat_activity a
+        WHERE a.query = pgbg._run_sql(v.id) AND a.pid <> pg_backend_pid();
+    END IF;
+    RETURN true;
+  END IF;
+
+  -- running
+  IF v.worker_pid IS NOT NULL THEN
+    SELECT pg_cancel_backend(a.pid) INTO v_signalled FROM pg_stat_activity a
+     WHERE a.pid = v.worker_pid
+       AND (v.worker_start IS NULL OR a.backend_start = v.worker_start);
+  END IF;
+  IF NOT COALESCE(v_signalled, false) THEN
+    -- worker already gone: settle what can be proven now
+    PERFORM pgbg.reconcile(v.id);
+  END IF;
+  RETURN true;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Waiting and results
+-- ---------------------------------------------------------------------------------------
+
+-- Polls until the job is terminal or the timeout passes; returns its state. Reconciles the job
+-- every second. Returns early, with a WARNING, when the job's worker waits for a lock held by
+-- this very session (CREATE INDEX CONCURRENTLY waits for every older transaction, including
+-- the one calling wait()).
+CREATE FUNCTION pgbg.wait(job_id bigint, timeout interval DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_state text;
+  v_wpid integer;
+  v_deadline timestamptz;
+  v_next_reconcile timestamptz := clock_timestamp() + interval '1 second';
+  v_iter bigint := 0;
+  v_left double precision;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pgbg.wait needs READ COMMITTED isolation; in a % transaction it would never see the job finish',
+      current_setting('transaction_isolation')
+      USING ERRCODE = '55000', HINT = 'Call it outside the transaction, or use CALL pgbg.await(...).';
+  END IF;
+  IF wait.timeout IS NOT NULL THEN
+    v_deadline := clock_timestamp() + wait.timeout;
+  END IF;
+  LOOP
+    SELECT j.state, j.worker_pid INTO v_state, v_wpid FROM pgbg.job j WHERE j.id = wait.job_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'job % does not exist', wait.job_id USING ERRCODE = '42704';
+    END IF;
+    IF v_state IN ('succeeded', 'failed', 'cancelled', 'lost') THEN
+      RETURN v_state;
+    END IF;
+    IF v_deadline IS NOT NULL AND clock_timestamp() >= v_deadline THEN
+      RETURN v_state;
+    END IF;
+    IF v_state = 'running' AND v_wpid IS NOT NULL AND v_iter % 4 = 0
+       AND pg_backend_pid() = ANY (pg_blocking_pids(v_wpid)) THEN
+      RAISE WARNING 'job % is waiting for this session''s transaction to end; pgbg.wait returns without waiting', wait.job_id
+        USING DETAIL = format('The job''s worker (pid %s) waits for a lock or virtual transaction held by this session, so waiting here would deadlock.', v_wpid),
+              HINT = format('Call pgbg.wait(%s) again in a new transaction, or use CALL pgbg.await(%s) outside a transaction block.', wait.job_id, wait.job_id);
+      RETURN v_state;
+    END IF;
+    IF clock_timestamp() >= v_next_reconcile THEN
+      PERFORM pgbg.reconcile(wait.job_id);
+      v_next_reconcile := clock_timestamp() + interval '1 second';
+      CONTINUE;
+    END IF;
+    v_left := CASE WHEN v_deadline IS NULL THEN 0.05
+                   ELSE least(0.05, greatest(0.001, extract(epoch FROM v_deadline - clock_timestamp())::double precision)) END;
+    PERFORM pg_sleep(v_left);
+    v_iter := v_iter + 1;
+  END LOOP;
+END
+$fn$;
+
+-- Like pgbg.wait, but COMMITs between polls so it holds no snapshot or transaction while it
+-- waits: works for CREATE INDEX CONCURRENTLY jobs. CALL it outside a transaction block.
+-- No SET clause (transaction control is not allowed in procedures that have one): every name
+-- is qualified.
+CREATE PROCEDURE pgbg.await(job_id bigint, timeout interval DEFAULT NULL, INOUT state text DEFAULT NULL)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+  v_state text;
+  v_deadline timestamptz;
+  v_next_reconcile timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) interval '1 second';
+BEGIN
+  IF await.timeout IS NOT NULL THEN
+    v_deadline := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) await.timeout;
+  END IF;
+  LOOP
+    SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) await.job_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'job % does not exist', await.job_id USING ERRCODE = '42704';
+    END IF;
+    IF v_state IN ('succeeded', 'failed', 'cancelled', 'lost')
+       OR (v_deadline IS NOT NULL AND pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_deadline) THEN
+      await.state := v_state;
+      RETURN;
+    END IF;
+    IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_next_reconcile THEN
+      PERFORM pgbg.reconcile(await.job_id);
+      v_next_reconcile := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) interval '1 second';
+    END IF;
+    COMMIT;
+    PERFORM pg_catalog.pg_sleep(0.05);
+    COMMIT;
+  END LOOP;
+END
+$fn$;
+
+-- Rows kept by a succeeded job that returned rows, in order.
+CREATE FUNCTION pgbg.result(job_id bigint) RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_state text;
+BEGIN
+  SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id = result.job_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'job % does not exist', result.job_id USING ERRCODE = '42704';
+  END IF;
+  IF v_state <> 'succeeded' THEN
+    RAISE EXCEPTION 'job % has not succeeded (state: %)', result.job_id, v_state
+      USING ERRCODE = '55000', HINT = format('Wait for it with SELECT pgbg.wait(%s).', result.job_id);
+  END IF;
+  RETURN QUERY SELECT r."row" FROM pgbg.job_result r WHERE r.job_id = result.job_id ORDER BY r.ord;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- Function privileges: nothing by default, then the public API deliberately
+-- ---------------------------------------------------------------------------------------
+REVOKE ALL ON FUNCTION
+  pgbg._may_manage(name),
+  pgbg._run_sql(bigint),
+  pgbg._command_tag(text, bigint),
+  pgbg._notify(bigint, text),
+  pgbg.pg_background_info(),
+  pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
+  pgbg.launch_sql(bigint),
+  pgbg.mark_launched(bigint, integer, bigint, integer),
+  pgbg.launch_failed(bigint, text, text),
+  pgbg._finish(bigint, text, text, bigint, text, text, text),
+  pgbg.run_job(bigint),
+  pgbg.finish_supervised(bigint, text, text, text, text),
+  pgbg.reconcile(bigint),
+  pgbg.cancel(bigint),
+  pgbg.wait(bigint, interval),
+  pgbg.result(bigint)
+FROM PUBLIC;
+REVOKE ALL ON PROCEDURE pgbg.await(bigint, interval, text) FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+  pgbg.pg_background_info(),
+  pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
+  pgbg.launch_sql(bigint),
+  pgbg.mark_launched(bigint, integer, bigint, integer),
+  pgbg.launch_failed(bigint, text, text),
+  pgbg.run_job(bigint),
+  pgbg.finish_supervised(bigint, text, text, text, text),
+  pgbg.reconcile(bigint),
+  pgbg.cancel(bigint),
+  pgbg.wait(bigint, interval),
+  pgbg.result(bigint),
+  -- called by run_job as the submitting role; _finish guards itself
+  pgbg._finish(bigint, text, text, bigint, text, text, text),
+  pgbg._command_tag(text, bigint)
+TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE pgbg.await(bigint, interval, text) TO PUBLIC;
+
+GRANT USAGE ON SCHEMA pgbg TO PUBLIC;
+`;

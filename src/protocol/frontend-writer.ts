@@ -1,0 +1,62 @@
+/** Frontend messages the proxy writes on a client's upstream session for its own statements. */
+
+function message(type: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = type.charCodeAt(0);
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+const cstr = (s: string) => Buffer.from(s + '\0', 'utf8');
+function int16(n: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeInt16BE(n);
+  return b;
+}
+function int32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeInt32BE(n);
+  return b;
+}
+
+export function query(sql: string): Buffer {
+  return message('Q', cstr(sql));
+}
+
+export function parse(name: string, sql: string, paramTypes: number[] = []): Buffer {
+  const types = Buffer.allocUnsafe(4 * paramTypes.length);
+  paramTypes.forEach((t, i) => types.writeUInt32BE(t, 4 * i));
+  return message('P', Buffer.concat([cstr(name), cstr(sql), int16(paramTypes.length), types]));
+}
+
+/** Bind with values passed as raw bytes in the given formats (0 text, 1 binary); results as text. */
+export function bind(portal: string, statement: string, values: (Buffer | string | null)[], formats: number[] = []): Buffer {
+  const parts: Buffer[] = [cstr(portal), cstr(statement), int16(formats.length)];
+  for (const f of formats) parts.push(int16(f));
+  parts.push(int16(values.length));
+  for (const v of values) {
+    if (v === null) {
+      parts.push(int32(-1));
+      continue;
+    }
+    const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+    parts.push(int32(b.length), b);
+  }
+  parts.push(int16(0));
+  return message('B', Buffer.concat(parts));
+}
+
+export function describe(kind: 'S' | 'P', name: string): Buffer {
+  return message('D', Buffer.concat([Buffer.from(kind), cstr(name)]));
+}
+
+export function execute(portal = '', maxRows = 0): Buffer {
+  return message('E', Buffer.concat([cstr(portal), int32(maxRows)]));
+}
+
+export function close(kind: 'S' | 'P', name: string): Buffer {
+  return message('C', Buffer.concat([Buffer.from(kind), cstr(name)]));
+}
+
+export const sync = (): Buffer => message('S', Buffer.alloc(0));
