@@ -7,6 +7,9 @@ import { forwardAll } from './rules/forward-all.js';
 import { JobRouter } from './rules/job-router.js';
 import { loadSqlParser } from './rules/sql-parser.js';
 import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
+import { Reconciler } from './jobs/reconciler.js';
+import { migrate } from './jobs/migrate.js';
+import pg from 'pg';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -29,7 +32,10 @@ function routerFor(config: ProxyConfig): StatementRouter {
 export async function startProxy(config: ProxyConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const log = options.log ?? createLogger(config.log);
   if (config.jobs.enabled) await loadSqlParser();
+  if (config.jobs.migrateOnStart) await migrateRegistry(config, log);
   let router = routerFor(config);
+  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log) : null;
+  reconciler?.start();
   const listener = await startListener(config, {
     log,
     router: () => router,
@@ -42,10 +48,25 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     reload(next) {
       router = routerFor(next);
       listener.reload(next);
+      reconciler?.setInterval(next.jobs.reconcileInterval);
       log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {
       await listener.close(graceMs);
+      await reconciler?.stop();
     },
   };
+}
+
+/** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */
+async function migrateRegistry(config: ProxyConfig, log: Logger): Promise<void> {
+  if (!config.jobs.registryUrl) throw new Error('jobs.migrateOnStart needs jobs.registryUrl (or PGBG_REGISTRY_URL)');
+  const client = new pg.Client({ connectionString: config.jobs.registryUrl, application_name: 'pgbg-proxy migrate' });
+  await client.connect();
+  try {
+    const { from, to } = await migrate(client);
+    log.info({ from, to }, from === to ? 'registry is current' : 'registry migrated');
+  } finally {
+    await client.end();
+  }
 }

@@ -2,6 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
 import { runStart } from './start.js';
 import { runCheckConfig } from './check-config.js';
+import { runMigrate } from './migrate.js';
 
 interface Command {
   summary: string;
@@ -46,6 +47,15 @@ Exits 0 and prints a summary when the configuration is valid; otherwise prints e
 invalid key with what is wrong and exits 1.`,
     options: configOptions,
     run: (v) => runCheckConfig(configFrom(v), v.config as string | undefined),
+  },
+  migrate: {
+    summary: 'create or upgrade the pgbg job registry in a database',
+    usage: `pgbg-proxy migrate --database URL
+
+  --database URL   postgres://SUPERUSER@HOST:PORT/DBNAME (the password may come from PGPASSWORD)
+Idempotent: running it again on a current registry changes nothing.`,
+    options: { database: { type: 'string', short: 'd' }, help: { type: 'boolean', short: 'h' } },
+    run: (v) => runMigrate(v.database as string | undefined),
   },
 };
 

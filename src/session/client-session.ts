@@ -150,7 +150,7 @@ export class ClientSession implements BackendStreamSink {
     this.client.on('error', (err) => this.deps.log.debug({ session: this.id, err: err.message }, 'client socket error'));
     this.client.on('close', () => this.onClientClosed());
     this.client.on('data', (chunk: Buffer) => this.onClientData(chunk));
-    this.client.on('drain', () => this.unpause('upstream'));
+    this.client.on('drain', () => this.unpause('client'));
     // Bytes that came with the startup packet (a pipelining client) are framed like any others.
     this.client.pause();
     try {
@@ -176,7 +176,7 @@ export class ClientSession implements BackendStreamSink {
     this.phase = 'auth';
     const up = this.upstream;
     up.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
-    up.on('drain', () => this.unpause('client'));
+    up.on('drain', () => this.unpause('upstream'));
     up.on('error', (err) => this.deps.log.debug({ session: this.id, err: err.message }, 'upstream socket error'));
     up.on('close', () => this.onUpstreamClosed());
     up.write(this.startupPacket);

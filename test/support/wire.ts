@@ -56,7 +56,7 @@ export async function authenticatedSocket(port: number, user: string): Promise<n
   await new Promise((r) => socket.once('connect', r));
   const next = reader(socket);
   readers.set(socket, next);
-  socket.write(startupPacket(3 << 16, { user, database: 'app' }));
+  socket.write(startupPacket(3 << 16, { user, database: process.env.WIRE_DB ?? 'app' }));
   for (;;) {
     const m = await next();
     if (m.type === 'E') throw new Error(m.body.toString());
