@@ -1,0 +1,32 @@
+/**
+ * vitest globalSetup: one throwaway PostgreSQL cluster for the whole run (see cluster.ts),
+ * handed to the test files through `provide('pgbgCluster', ...)`; read it with getCluster()
+ * from test/harness/index.ts. Stopped (and its directory removed) at teardown.
+ *
+ * Environment:
+ *   PGBG_TEST_STANDIN=1     install the dblink stand-in even where the real pg_background exists
+ *   PGBG_TEST_NO_CLUSTER=1  start nothing (pure unit-test runs); getCluster() then throws
+ *   PGBG_TEST_PGBIN=dir     PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+ *   PGBG_TEST_KEEP=1        keep the cluster directory after stopping (debugging)
+ */
+import type { TestProject } from 'vitest/node';
+import { clusterInfo, startCluster } from './cluster.js';
+import './provided.js';
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  if (process.env.PGBG_TEST_NO_CLUSTER === '1') {
+    project.provide('pgbgCluster', null);
+    return async () => undefined;
+  }
+  const started = Date.now();
+  const cluster = await startCluster();
+  project.provide('pgbgCluster', clusterInfo(cluster));
+  process.stderr.write(
+    `[pgbg test cluster] PostgreSQL on ${cluster.host}:${cluster.port} (socket ${cluster.socketDir}), ` +
+      `pg_background ${cluster.pgBackground === 'real' ? 'extension' : 'STAND-IN (test fixture)'} ${cluster.extVersion}, ` +
+      `ready in ${Date.now() - started} ms\n`,
+  );
+  return async () => {
+    await cluster.stop();
+  };
+}
