@@ -10,12 +10,20 @@ import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
+import { readFileSync } from 'node:fs';
+import { ProxyMetrics } from './metrics/proxy-metrics.js';
+import { JobMetrics } from './metrics/job-metrics.js';
+import { startMetricsServer } from './metrics/http-server.js';
+import { readinessCheck } from './metrics/readiness.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
   readonly address: { host: string; port: number };
   readonly listener: RunningListener;
   readonly log: Logger;
+  readonly metrics: ProxyMetrics;
+  /** Port of the HTTP metrics endpoint, when metricsListen is set. */
+  readonly metricsPort: number | null;
   reload(config: ProxyConfig): void;
   close(graceMs?: number): Promise<void>;
 }
@@ -36,16 +44,26 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   let router = routerFor(config);
   const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log) : null;
   reconciler?.start();
+  let current = config;
+  let sessionCount = () => 0;
+  const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
+  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log) : null;
   const listener = await startListener(config, {
     log,
     router: () => router,
     jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log) : null,
+    observer: metrics,
   });
+  sessionCount = () => listener.sessions.size;
+  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, metrics.registry, readinessCheck(() => current), log) : null;
   return {
     address: listener.address,
     listener,
     log,
+    metrics,
+    metricsPort: http?.port ?? null,
     reload(next) {
+      current = next;
       router = routerFor(next);
       listener.reload(next);
       reconciler?.setInterval(next.jobs.reconcileInterval);
@@ -54,8 +72,18 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     async close(graceMs) {
       await listener.close(graceMs);
       await reconciler?.stop();
+      await http?.close();
+      await jobMetrics?.close();
     },
   };
+}
+
+function packageVersion(): string {
+  try {
+    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */

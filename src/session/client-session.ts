@@ -449,6 +449,7 @@ export class ClientSession implements BackendStreamSink {
 
   private async submit(plan: JobPlan, params: import('../jobs/submitter.js').BoundParams | null): Promise<SubmittedJob> {
     if (!this.deps.jobs) throw jobsDisabled();
+    const started = performance.now();
     const job = await this.deps.jobs.submit(this.channel, plan, params, {
       sessionId: this.id,
       user: this.user,
@@ -456,6 +457,7 @@ export class ClientSession implements BackendStreamSink {
       applicationName: this.applicationName,
     });
     this.deps.observer.statement('backgrounded');
+    this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
     if (job.supervised) {
       this.supervised.set(job.jobId, job.supervised);
       this.scheduleSupervision();

@@ -4,6 +4,8 @@ export interface SessionObserver {
   statement(action: 'forwarded' | 'backgrounded' | 'rejected'): void;
   protocolError(reason: string): void;
   upstreamConnected(delta: 1 | -1): void;
+  /** Time to job id for one backgrounded statement. */
+  jobSubmitted(seconds: number): void;
 }
 
 export const quietObserver: SessionObserver = {
@@ -11,4 +13,5 @@ export const quietObserver: SessionObserver = {
   statement() {},
   protocolError() {},
   upstreamConnected() {},
+  jobSubmitted() {},
 };

@@ -1,0 +1,142 @@
+import pg from 'pg';
+import { Gauge, Counter, Histogram, type Registry } from 'prom-client';
+import type { Logger } from 'pino';
+
+/**
+ * Job metrics read from the server at scrape time, so they cannot drift from the truth after a
+ * crash: in-flight means "a running job whose worker pid is alive in pg_stat_activity now".
+ * Finished totals count state changes seen since this proxy started (monotonic per process).
+ */
+export class JobMetrics {
+  private client: pg.Client | null = null;
+  private lastFinishedId = 0n;
+  private readonly finished: Counter<'database' | 'rule' | 'state'>;
+  private readonly duration: Histogram<'database' | 'rule' | 'state'>;
+  private primed = false;
+  private readonly countedAbove = new Set<string>();
+
+  constructor(
+    private readonly url: string,
+    registry: Registry,
+    private readonly log: Logger,
+  ) {
+    const self = this;
+    new Gauge({
+      name: 'pgbg_jobs_in_flight',
+      help: 'Jobs whose pg_background worker is running now (read from pg_stat_activity at scrape time).',
+      labelNames: ['database', 'user', 'rule'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        const rows = await self.query<{ database: string; owner: string; rule: string | null; n: string }>(
+          `SELECT j.database, j.owner, j.rule, count(*) AS n
+             FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
+            WHERE j.state = 'running' GROUP BY 1, 2, 3`,
+        );
+        for (const r of rows) this.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.n));
+      },
+    });
+    new Gauge({
+      name: 'pgbg_jobs_queued',
+      help: 'Jobs recorded but not launched yet.',
+      labelNames: ['database', 'user', 'rule'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        const rows = await self.query<{ database: string; owner: string; rule: string | null; n: string }>(
+          `SELECT database, owner, rule, count(*) AS n FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`,
+        );
+        for (const r of rows) this.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.n));
+      },
+    });
+    new Gauge({
+      name: 'pgbg_worker_slots',
+      help: 'Background worker slots of the server: the max_worker_processes limit and the slots in use by any background worker.',
+      labelNames: ['kind'],
+      registers: [registry],
+      async collect() {
+        const rows = await self.query<{ max: string; used: string }>(
+          `SELECT current_setting('max_worker_processes') AS max,
+                  (SELECT count(*) FROM pg_stat_activity
+                    WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
+                                               'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
+                                               'walreceiver', 'standalone backend')) AS used`,
+        );
+        if (rows[0]) {
+          this.set({ kind: 'max' }, Number(rows[0].max));
+          this.set({ kind: 'used' }, Number(rows[0].used));
+        }
+      },
+    });
+    this.finished = new Counter({
+      name: 'pgbg_jobs_finished_total',
+      help: 'Jobs that reached a terminal state, seen since this proxy started.',
+      labelNames: ['database', 'rule', 'state'],
+      registers: [registry],
+      async collect() {
+        await self.collectFinished();
+      },
+    });
+    this.duration = new Histogram({
+      name: 'pgbg_job_duration_seconds',
+      help: 'Run time of finished jobs (started to finished).',
+      labelNames: ['database', 'rule', 'state'],
+      buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400],
+      registers: [registry],
+    });
+  }
+
+  private async collectFinished(): Promise<void> {
+    if (!this.primed) {
+      const r = await this.query<{ max: string | null }>('SELECT max(id) AS max FROM pgbg.job');
+      this.lastFinishedId = BigInt(r[0]?.max ?? 0);
+      this.primed = true;
+    }
+    // Each job is counted once, when first seen terminal. The cursor advances over the
+    // contiguous prefix of finished ids; ids above it already counted are remembered, so one
+    // long job does not hold back the count of those that end after it.
+    const rows = await this.query<{ id: string; database: string; rule: string | null; state: string; seconds: number | null }>(
+      `SELECT id::text, database, rule, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds
+         FROM pgbg.job WHERE id > $1 ORDER BY id LIMIT 10000`,
+      [this.lastFinishedId.toString()],
+    );
+    let prefix = true;
+    for (const r of rows) {
+      const terminal = r.state !== 'queued' && r.state !== 'running';
+      if (terminal && !this.countedAbove.has(r.id)) {
+        const labels = { database: r.database, rule: r.rule ?? '', state: r.state };
+        this.finished.inc(labels);
+        if (r.seconds !== null) this.duration.observe(labels, r.seconds);
+        this.countedAbove.add(r.id);
+      }
+      if (!terminal) prefix = false;
+      if (prefix) {
+        this.lastFinishedId = BigInt(r.id);
+        this.countedAbove.delete(r.id);
+      }
+    }
+  }
+
+  private async query<R extends pg.QueryResultRow>(sql: string, values: unknown[] = []): Promise<R[]> {
+    try {
+      if (!this.client) {
+        const c = new pg.Client({ connectionString: this.url, application_name: 'pgbg-proxy metrics' });
+        c.on('error', () => {
+          if (this.client === c) this.client = null;
+        });
+        await c.connect();
+        this.client = c;
+      }
+      return (await this.client.query<R>(sql, values)).rows;
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'metrics query failed');
+      this.client?.end().catch(() => {});
+      this.client = null;
+      return [];
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.client?.end().catch(() => {});
+  }
+}

@@ -1,0 +1,98 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { SessionObserver } from '../session/session-observer.js';
+
+/**
+ * The proxy's own health: connections, bytes, statements by action, protocol errors. Label
+ * values come from small fixed sets (directions, actions, violation reasons): never SQL text,
+ * user input or job ids.
+ */
+export class ProxyMetrics implements SessionObserver {
+  readonly registry = new Registry();
+  private readonly clientConnections: Gauge;
+  private readonly upstreamConnections: Gauge;
+  private readonly bytesTotal: Counter<'direction'>;
+  private readonly statementsTotal: Counter<'action'>;
+  private readonly protocolErrors: Counter<'reason'>;
+  private readonly submitSeconds: Histogram;
+  // Hot-path counts are kept in plain numbers and handed to prom-client at scrape time.
+  private readonly bytesPending = { client_to_server: 0, server_to_client: 0 };
+  private readonly statementsPending = { forwarded: 0, backgrounded: 0, rejected: 0 };
+
+  constructor(version: string, clientCount: () => number) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'pgbg_proxy_' });
+    new Gauge({
+      name: 'pgbg_build_info',
+      help: 'Build information of this pgbg-proxy (always 1).',
+      labelNames: ['version', 'node'],
+      registers: [this.registry],
+    }).set({ version, node: process.version }, 1);
+    this.clientConnections = new Gauge({
+      name: 'pgbg_client_connections',
+      help: 'Client connections with a session (including adopted sessions kept for their jobs).',
+      registers: [this.registry],
+      collect() {
+        this.set(clientCount());
+      },
+    });
+    this.upstreamConnections = new Gauge({
+      name: 'pgbg_upstream_connections',
+      help: 'Connections from the proxy to PostgreSQL for client sessions.',
+      registers: [this.registry],
+    });
+    const pending = this.bytesPending;
+    this.bytesTotal = new Counter({
+      name: 'pgbg_bytes_total',
+      help: 'Bytes relayed, by direction.',
+      labelNames: ['direction'],
+      registers: [this.registry],
+      collect() {
+        for (const d of ['client_to_server', 'server_to_client'] as const) {
+          if (pending[d] > 0) this.inc({ direction: d }, pending[d]);
+          pending[d] = 0;
+        }
+      },
+    });
+    const statements = this.statementsPending;
+    this.statementsTotal = new Counter({
+      name: 'pgbg_statements_total',
+      help: 'Statements (Query and Parse messages) by what the proxy did with them.',
+      labelNames: ['action'],
+      registers: [this.registry],
+      collect() {
+        for (const a of ['forwarded', 'backgrounded', 'rejected'] as const) {
+          if (statements[a] > 0) this.inc({ action: a }, statements[a]);
+          statements[a] = 0;
+        }
+      },
+    });
+    this.protocolErrors = new Counter({
+      name: 'pgbg_protocol_errors_total',
+      help: 'Client sessions ended for breaking the protocol, by reason.',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.submitSeconds = new Histogram({
+      name: 'pgbg_job_submit_seconds',
+      help: 'Time to job id: from the statement reaching the proxy to the answer sent to the client.',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [this.registry],
+    });
+    for (const action of ['forwarded', 'backgrounded', 'rejected']) this.statementsTotal.inc({ action }, 0);
+  }
+
+  bytes(direction: 'client_to_server' | 'server_to_client', n: number): void {
+    this.bytesPending[direction] += n;
+  }
+  statement(action: 'forwarded' | 'backgrounded' | 'rejected'): void {
+    this.statementsPending[action]++;
+  }
+  protocolError(reason: string): void {
+    this.protocolErrors.inc({ reason });
+  }
+  jobSubmitted(seconds: number): void {
+    this.submitSeconds.observe(seconds);
+  }
+  upstreamConnected(delta: 1 | -1): void {
+    this.upstreamConnections.inc(delta);
+  }
+}
