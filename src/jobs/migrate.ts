@@ -15,11 +15,12 @@ export class MigrationError extends Error {
   }
 }
 
-/** Advisory lock key held (per transaction) by every migration step: 'pgbg' + 1. */
+/** Advisory lock ('pgbg', 1) held by a migration from start to end, so concurrent runs queue up. */
 const LOCK_KEY_1 = 0x70676267;
 const LOCK_KEY_2 = 1;
 
-const LOCK_SQL = `SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_KEY_1}, ${LOCK_KEY_2})`;
+const LOCK_SQL = `SELECT pg_catalog.pg_advisory_lock(${LOCK_KEY_1}, ${LOCK_KEY_2})`;
+const UNLOCK_SQL = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_KEY_1}, ${LOCK_KEY_2})`;
 
 async function currentVersion(client: Queryable): Promise<number> {
   const r = await client.query(`SELECT COALESCE(max(version), 0)::int AS v FROM ${REGISTRY_SCHEMA}.schema_version`);
@@ -45,7 +46,8 @@ async function inTransaction<T>(client: Queryable, fn: () => Promise<T>): Promis
 /**
  * Creates or upgrades the job registry (schema `pgbg`) in the database the client is connected
  * to. Idempotent: a second run changes nothing and returns from === to. Each missing version is
- * applied in its own transaction under an advisory lock, so concurrent runs are safe.
+ * applied in its own transaction; a session advisory lock held for the whole run makes
+ * concurrent runs queue up (the second one then reports from === to).
  * Must run as a superuser (the registry has SECURITY DEFINER functions that read
  * pg_stat_activity and signal workers, and it creates the role pgbg_admin).
  */
@@ -64,9 +66,17 @@ export async function migrate(client: pg.Client | Queryable): Promise<{ from: nu
     );
   }
 
+  await c.query(LOCK_SQL);
+  try {
+    return await migrateLocked(c, db);
+  } finally {
+    await c.query(UNLOCK_SQL).catch(() => undefined);
+  }
+}
+
+async function migrateLocked(c: Queryable, db: string): Promise<{ from: number; to: number }> {
   // Step 0: schema and version table.
   const from = await inTransaction(c, async () => {
-    await c.query(LOCK_SQL);
     const owner = await c.query(
       `SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_namespace n
          JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = $1`,
@@ -105,9 +115,6 @@ export async function migrate(client: pg.Client | Queryable): Promise<{ from: nu
   for (const m of MIGRATIONS) {
     if (m.version <= to) continue;
     to = await inTransaction(c, async () => {
-      await c.query(LOCK_SQL);
-      const now = await currentVersion(c); // another run may have applied it meanwhile
-      if (now >= m.version) return now;
       try {
         await c.query(m.sql);
       } catch (err) {

@@ -17,8 +17,20 @@
  *    pg_background copies the launching session's GUCs (search_path included) into the worker,
  *    and the user's statement must resolve names exactly as it would in the client's session.
  *    Every name in its body is schema-qualified instead.
+ *  - `pgbg.submit_and_launch` is SECURITY INVOKER and unpinned for the same reason: the worker it
+ *    launches inherits this session's GUCs at launch time.
  *  - `pgbg.await` is a procedure that COMMITs between polls; PostgreSQL forbids transaction
  *    control in procedures with a SET clause, so it too is unpinned and fully qualified.
+ *
+ * Facts about pg_background 1.8 this file relies on (measured on PostgreSQL 15):
+ *  - the worker runs with the launching session's session_user and current_user (after
+ *    `SET ROLE x` in a superuser session: session_user = the superuser, current_user = x) and a
+ *    copy of its GUCs, including search_path, application_name and statement_timeout;
+ *  - statement_timeout is armed once, from the copied value, when the worker starts its SQL;
+ *    SET / set_config inside the worker's SQL does not re-arm it;
+ *  - the sql argument of pg_background_launch*() must be a 4-byte-header text: a value read from
+ *    a table column or a SQL function result reaches the worker shifted by 3 bytes. See
+ *    pgbg.launch_sql.
  */
 export const V1_SQL = String.raw`
 -- ---------------------------------------------------------------------------------------
@@ -467,6 +479,85 @@ BEGIN
 END
 $fn$;
 
+-- One round trip for the proxy: records the job, launches its worker as the calling role and
+-- records the launch, all in the caller's (implicit) transaction. If anything fails, nothing is
+-- left behind: the error (no pg_background, no privilege, "could not register background
+-- process", ...) reaches the client at once. The worker of a transactional job waits, in
+-- pgbg.run_job, on an advisory lock held here until this transaction commits, so it sees its row;
+-- if the transaction rolls back, the worker finds no job and does nothing.
+-- The worker inherits this session's settings (pg_background copies GUCs at launch), with
+-- statement_timeout replaced by options->>'timeout_ms' (0 = none, so that a client's own
+-- statement_timeout does not cut background work short).
+-- SECURITY INVOKER and no SET clause on purpose: the worker runs as the launching role and must
+-- inherit the caller's search_path, not a pinned one. Every name is qualified.
+CREATE FUNCTION pgbg.submit_and_launch(
+  statement text,
+  kind text,
+  transactional boolean,
+  rule text DEFAULT NULL,
+  options jsonb DEFAULT NULL,
+  priority integer DEFAULT NULL,
+  idem_key text DEFAULT NULL,
+  session_id text DEFAULT NULL,
+  OUT job_id bigint,
+  OUT state text,
+  OUT worker_pid integer,
+  OUT cookie bigint,
+  OUT api integer)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+DECLARE
+  v_info record;
+  v_sql text;
+  v_transactional boolean := COALESCE(submit_and_launch.transactional, true);
+  v_timeout text := COALESCE(submit_and_launch.options OPERATOR(pg_catalog.->>) 'timeout_ms', '0');
+  v_old_timeout text := pg_catalog.current_setting('statement_timeout');
+BEGIN
+  IF v_timeout !~ '^[0-9]+$' THEN
+    RAISE EXCEPTION 'options.timeout_ms must be a whole number of milliseconds, not %', v_timeout
+      USING ERRCODE = '22023';
+  END IF;
+  job_id := pgbg.submit(submit_and_launch.statement, submit_and_launch.kind, v_transactional, NOT v_transactional,
+                        submit_and_launch.rule, submit_and_launch.options, submit_and_launch.priority,
+                        submit_and_launch.idem_key, submit_and_launch.session_id);
+  SELECT * INTO v_info FROM pgbg.pg_background_info();
+  v_sql := pgbg.launch_sql(job_id);
+  IF v_transactional THEN
+    PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, (job_id OPERATOR(pg_catalog.%) 2147483647)::integer);
+  END IF;
+
+  PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
+  -- "|| ''": pg_background mishandles short-header text arguments (see pgbg.launch_sql)
+  IF v_info.api = 2 THEN
+    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''') h',
+                              v_info.fn_schema)
+      INTO worker_pid, cookie USING v_sql;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''')', v_info.fn_schema)
+      INTO worker_pid USING v_sql;
+  END IF;
+  PERFORM pg_catalog.set_config('statement_timeout', v_old_timeout, true);
+  api := v_info.api;
+
+  -- A transactional job records its own outcome: stop tracking its worker in this session
+  -- (pg_background.max_workers counts tracked workers). A supervised job stays tracked: this
+  -- session must read its result.
+  IF v_transactional THEN
+    IF api = 2 AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach_v2(integer,bigint)') IS NOT NULL
+       AND pg_catalog.has_function_privilege(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach_v2(integer,bigint)', 'EXECUTE') THEN
+      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach_v2($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
+    ELSIF api = 1 AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach(integer)') IS NOT NULL
+       AND pg_catalog.has_function_privilege(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach(integer)', 'EXECUTE') THEN
+      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1)', v_info.fn_schema) USING worker_pid;
+    END IF;
+  END IF;
+
+  PERFORM pgbg.mark_launched(job_id, worker_pid, cookie, api);
+  SELECT j.state INTO state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) submit_and_launch.job_id;
+END
+$fn$;
+
 -- ---------------------------------------------------------------------------------------
 -- Worker side
 -- ---------------------------------------------------------------------------------------
@@ -544,6 +635,9 @@ DECLARE
   v_error text;
   v_detail text;
 BEGIN
+  -- Launched by pgbg.submit_and_launch? Then its transaction holds this lock until it commits
+  -- the job row; wait for that (no-op otherwise). The next statement takes a new snapshot.
+  PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885825634, (run_job.job_id OPERATOR(pg_catalog.%) 2147483647)::integer);
   SELECT j.* INTO v FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) run_job.job_id;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'job % does not exist', run_job.job_id USING ERRCODE = '42704';
@@ -595,6 +689,8 @@ $fn$;
 
 -- Outcome of a supervised (non-transactional) job, recorded by the launching session after
 -- reading pg_background_result_v2 / pg_background_result. Only from a non-terminal state.
+-- state: 'succeeded', 'failed' (a 57014 failure becomes 'cancelled' if pgbg.cancel asked for it),
+-- 'cancelled', or 'lost' when the supervisor cannot learn the outcome (error = the reason).
 CREATE FUNCTION pgbg.finish_supervised(job_id bigint, state text, command_tag text, sqlstate text, error text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -604,9 +700,9 @@ DECLARE
   v_owner name;
   v_state text;
 BEGIN
-  IF finish_supervised.state IS NULL OR finish_supervised.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+  IF finish_supervised.state IS NULL OR finish_supervised.state NOT IN ('succeeded', 'failed', 'cancelled', 'lost') THEN
     RAISE EXCEPTION 'invalid outcome state %', finish_supervised.state
-      USING ERRCODE = '22023', HINT = 'Use succeeded, failed or cancelled.';
+      USING ERRCODE = '22023', HINT = 'Use succeeded, failed, cancelled or lost.';
   END IF;
   SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = finish_supervised.job_id;
   IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
@@ -614,7 +710,7 @@ BEGIN
   END IF;
   UPDATE pgbg.job j
      SET state = CASE
-                   WHEN finish_supervised.state = 'succeeded' THEN 'succeeded'
+                   WHEN finish_supervised.state IN ('succeeded', 'lost') THEN finish_supervised.state
                    WHEN finish_supervised.state = 'cancelled' OR finish_supervised.sqlstate = '57014'
                      THEN CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END
                    ELSE 'failed'
@@ -622,7 +718,10 @@ BEGIN
          command_tag = finish_supervised.command_tag,
          rows = NULLIF(substring(finish_supervised.command_tag FROM '(\d+)$'), '')::bigint,
          sqlstate = finish_supervised.sqlstate,
-         error = finish_supervised.error,
+         error = CASE WHEN finish_supervised.state = 'lost' THEN NULL ELSE finish_supervised.error END,
+         lost_reason = CASE WHEN finish_supervised.state = 'lost'
+                            THEN COALESCE(finish_supervised.error, 'the supervising session could not read the outcome')
+                       END,
          started_at = COALESCE(j.started_at, clock_timestamp()),
          finished_at = clock_timestamp()
    WHERE j.id = finish_supervised.job_id
@@ -793,21 +892,45 @@ $fn$;
 -- Waiting and results
 -- ---------------------------------------------------------------------------------------
 
+-- Why waiting in this session cannot end well, or NULL. Shared by pgbg.wait and pgbg.await.
+--  * a supervised job launched by this very session: only this session can read the worker's
+--    result and record the outcome, and it cannot while it is busy waiting;
+--  * the job's worker waits for a lock or virtual transaction held by this session (CREATE
+--    INDEX CONCURRENTLY waits for every older transaction, including the waiting one).
+CREATE FUNCTION pgbg._wait_blocker(p_job_id bigint, p_check_locks boolean) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v record;
+BEGIN
+  SELECT j.state, j.transactional, j.worker_pid, j.launcher_pid INTO v FROM pgbg.job j WHERE j.id = p_job_id;
+  IF NOT FOUND OR v.state <> 'running' THEN
+    RETURN NULL;
+  END IF;
+  IF NOT v.transactional AND v.launcher_pid = pg_backend_pid() THEN
+    RETURN 'this session launched the job and must itself read and record its outcome, which it cannot do while it waits';
+  END IF;
+  IF p_check_locks AND v.worker_pid IS NOT NULL AND pg_backend_pid() = ANY (pg_blocking_pids(v.worker_pid)) THEN
+    RETURN format('the job''s worker (pid %s) waits for a lock or virtual transaction held by this session, so waiting here would deadlock', v.worker_pid);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+
 -- Polls until the job is terminal or the timeout passes; returns its state. Reconciles the job
--- every second. Returns early, with a WARNING, when the job's worker waits for a lock held by
--- this very session (CREATE INDEX CONCURRENTLY waits for every older transaction, including
--- the one calling wait()).
+-- every second. Returns early, with a WARNING, when waiting in this session cannot succeed
+-- (see pgbg._wait_blocker).
 CREATE FUNCTION pgbg.wait(job_id bigint, timeout interval DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pgbg
 AS $fn$
 DECLARE
   v_state text;
-  v_wpid integer;
   v_deadline timestamptz;
   v_next_reconcile timestamptz := clock_timestamp() + interval '1 second';
-  v_iter bigint := 0;
-  v_left double precision;
+  v_sleep double precision := 0.005;
+  v_blocker text;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'pgbg.wait needs READ COMMITTED isolation; in a % transaction it would never see the job finish',
@@ -818,7 +941,8 @@ BEGIN
     v_deadline := clock_timestamp() + wait.timeout;
   END IF;
   LOOP
-    SELECT j.state, j.worker_pid INTO v_state, v_wpid FROM pgbg.job j WHERE j.id = wait.job_id;
+    -- each statement of a VOLATILE function takes a new snapshot under READ COMMITTED
+    SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id = wait.job_id;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'job % does not exist', wait.job_id USING ERRCODE = '42704';
     END IF;
@@ -828,11 +952,11 @@ BEGIN
     IF v_deadline IS NOT NULL AND clock_timestamp() >= v_deadline THEN
       RETURN v_state;
     END IF;
-    IF v_state = 'running' AND v_wpid IS NOT NULL AND v_iter % 4 = 0
-       AND pg_backend_pid() = ANY (pg_blocking_pids(v_wpid)) THEN
-      RAISE WARNING 'job % is waiting for this session''s transaction to end; pgbg.wait returns without waiting', wait.job_id
-        USING DETAIL = format('The job''s worker (pid %s) waits for a lock or virtual transaction held by this session, so waiting here would deadlock.', v_wpid),
-              HINT = format('Call pgbg.wait(%s) again in a new transaction, or use CALL pgbg.await(%s) outside a transaction block.', wait.job_id, wait.job_id);
+    v_blocker := pgbg._wait_blocker(wait.job_id, true);
+    IF v_blocker IS NOT NULL THEN
+      RAISE WARNING 'pgbg.wait(%) returns without waiting: job % is still %', wait.job_id, wait.job_id, v_state
+        USING DETAIL = v_blocker || '.',
+              HINT = format('Call pgbg.wait(%s) again in a new transaction, or use CALL pgbg.await(%s) outside a transaction block, from another session if this one launched the job.', wait.job_id, wait.job_id);
       RETURN v_state;
     END IF;
     IF clock_timestamp() >= v_next_reconcile THEN
@@ -840,10 +964,11 @@ BEGIN
       v_next_reconcile := clock_timestamp() + interval '1 second';
       CONTINUE;
     END IF;
-    v_left := CASE WHEN v_deadline IS NULL THEN 0.05
-                   ELSE least(0.05, greatest(0.001, extract(epoch FROM v_deadline - clock_timestamp())::double precision)) END;
-    PERFORM pg_sleep(v_left);
-    v_iter := v_iter + 1;
+    IF v_deadline IS NOT NULL THEN
+      v_sleep := least(v_sleep, greatest(0.001, extract(epoch FROM v_deadline - clock_timestamp())::double precision));
+    END IF;
+    PERFORM pg_sleep(v_sleep);
+    v_sleep := least(v_sleep * 2, 0.05);
   END LOOP;
 END
 $fn$;
@@ -859,6 +984,8 @@ DECLARE
   v_state text;
   v_deadline timestamptz;
   v_next_reconcile timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) interval '1 second';
+  v_sleep double precision := 0.005;
+  v_blocker text;
 BEGIN
   IF await.timeout IS NOT NULL THEN
     v_deadline := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) await.timeout;
@@ -873,13 +1000,24 @@ BEGIN
       await.state := v_state;
       RETURN;
     END IF;
+    -- no lock check here: each short transaction below may briefly be among those a CONCURRENTLY
+    -- operation waits for, which is harmless since it ends within 50 ms
+    v_blocker := pgbg._wait_blocker(await.job_id, false);
+    IF v_blocker IS NOT NULL THEN
+      RAISE WARNING 'pgbg.await(%) returns without waiting: job % is still %', await.job_id, await.job_id, v_state
+        USING DETAIL = v_blocker OPERATOR(pg_catalog.||) '.',
+              HINT = 'CALL pgbg.await outside a transaction block, from a session that did not launch the job.';
+      await.state := v_state;
+      RETURN;
+    END IF;
     IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_next_reconcile THEN
       PERFORM pgbg.reconcile(await.job_id);
       v_next_reconcile := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) interval '1 second';
     END IF;
+    COMMIT;  -- raises "invalid transaction termination" inside a transaction block
+    PERFORM pg_catalog.pg_sleep(v_sleep);
     COMMIT;
-    PERFORM pg_catalog.pg_sleep(0.05);
-    COMMIT;
+    v_sleep := LEAST(v_sleep OPERATOR(pg_catalog.*) 2.0, 0.05);
   END LOOP;
 END
 $fn$;
@@ -912,8 +1050,10 @@ REVOKE ALL ON FUNCTION
   pgbg._run_sql(bigint),
   pgbg._command_tag(text, bigint),
   pgbg._notify(bigint, text),
+  pgbg._wait_blocker(bigint, boolean),
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
+  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),
@@ -930,6 +1070,7 @@ REVOKE ALL ON PROCEDURE pgbg.await(bigint, interval, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
+  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),
@@ -941,7 +1082,8 @@ GRANT EXECUTE ON FUNCTION
   pgbg.result(bigint),
   -- called by run_job as the submitting role; _finish guards itself
   pgbg._finish(bigint, text, text, bigint, text, text, text),
-  pgbg._command_tag(text, bigint)
+  pgbg._command_tag(text, bigint),
+  pgbg._wait_blocker(bigint, boolean)
 TO PUBLIC;
 GRANT EXECUTE ON PROCEDURE pgbg.await(bigint, interval, text) TO PUBLIC;
 
