@@ -15,6 +15,9 @@ import { ProxyMetrics } from './metrics/proxy-metrics.js';
 import { JobMetrics } from './metrics/job-metrics.js';
 import { startMetricsServer } from './metrics/http-server.js';
 import { readinessCheck } from './metrics/readiness.js';
+import { AdminConsole } from './admin/admin-console.js';
+import { createAdminControls } from './admin/controls.js';
+import { PauseSwitch } from './admin/pause-switch.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -24,12 +27,16 @@ export interface RunningProxy {
   readonly metrics: ProxyMetrics;
   /** Port of the HTTP metrics endpoint, when metricsListen is set. */
   readonly metricsPort: number | null;
+  /** PAUSE / RESUME from the admin console; the job submission path asks pause.isPaused(). */
+  readonly pause: PauseSwitch;
   reload(config: ProxyConfig): void;
   close(graceMs?: number): Promise<void>;
 }
 
 export interface StartOptions {
   log?: Logger;
+  /** Reads the configuration sources again; the admin console's RELOAD uses it as SIGHUP does. */
+  reread?: () => ProxyConfig;
 }
 
 function routerFor(config: ProxyConfig): StatementRouter {
@@ -48,20 +55,33 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
   const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log) : null;
+  const pause = new PauseSwitch();
+  pause.exportTo(metrics.registry);
+  const controls = createAdminControls({
+    current: () => current,
+    reread: options.reread,
+    apply: (next) => running.reload(next),
+    pauseSwitch: pause,
+    sessions: () => listener.sessions,
+    registry: metrics.registry,
+  });
+  const adminConsole = new AdminConsole({ controls, log });
   const listener = await startListener(config, {
     log,
     router: () => router,
     jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log) : null,
     observer: metrics,
+    adminConsole: adminConsole.handler,
   });
   sessionCount = () => listener.sessions.size;
   const http = config.metricsListen ? await startMetricsServer(config.metricsListen, metrics.registry, readinessCheck(() => current), log) : null;
-  return {
+  const running: RunningProxy = {
     address: listener.address,
     listener,
     log,
     metrics,
     metricsPort: http?.port ?? null,
+    pause,
     reload(next) {
       current = next;
       router = routerFor(next);
@@ -70,12 +90,14 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
       log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {
+      await adminConsole.close();
       await listener.close(graceMs);
       await reconciler?.stop();
       await http?.close();
       await jobMetrics?.close();
     },
   };
+  return running;
 }
 
 function packageVersion(): string {

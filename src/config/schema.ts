@@ -92,9 +92,11 @@ export const configSchema = z
         database: z.string().min(1).default('pgbg'),
         /** Extra roles allowed in besides superusers and members of pgbg_admin. */
         users: z.array(z.string()).default([]),
+        /** Database the console's logins authenticate against on the server (any the roles may connect to). */
+        authDatabase: z.string().min(1).default('postgres'),
       })
       .strict()
-      .default({ database: 'pgbg', users: [] }),
+      .default({ database: 'pgbg', users: [], authDatabase: 'postgres' }),
     jobs: z
       .object({
         enabled: z.boolean().default(true),

@@ -133,7 +133,9 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
     },
     async close(graceMs = config.shutdown.grace) {
       closing = true;
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // server.close() calls back only once every connection has ended: start it, but drain
+      // (and after the grace, end) the sessions before waiting for it.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       const deadline = Date.now() + graceMs;
       while (sessions.size > 0 && Date.now() < deadline) {
         for (const s of sessions) s.closeIfIdle();
@@ -144,6 +146,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
         s.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy shutdown grace period ended', undefined, undefined, 'FATAL'));
       }
       while (pending > 0 && Date.now() < deadline + 1000) await new Promise((r) => setTimeout(r, 10));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
     },
   };
 }

@@ -94,6 +94,7 @@ export class ClientSession implements BackendStreamSink {
   private proxyKey: { pid: number; key: number } | null = null;
   readonly supervised = new Map<bigint, SupervisedWorker>();
   private superviseTimer: NodeJS.Timeout | null = null;
+  private superviseDue = false;
   private clientGone = false;
   private readonly pausedBy = new Set<'held' | 'upstream' | 'client'>();
   private closeListeners: (() => void)[] = [];
@@ -234,7 +235,8 @@ export class ClientSession implements BackendStreamSink {
         return this.onSync(msg);
       case X:
         this.flushOutbound();
-        this.upstream?.end(msg);
+        // A session still supervising jobs outlives its client (adopted): keep the server session.
+        if (this.supervised.size === 0) this.upstream?.end(msg);
         this.client.end();
         return;
       case F:
@@ -282,7 +284,9 @@ export class ClientSession implements BackendStreamSink {
       await this.whenIdle();
       if (route.action === 'reject') {
         this.deps.observer.statement('rejected');
-        return this.forwardRaise(route.error);
+        if (this.txStatus !== 'I') return this.forwardRaise(route.error);
+        this.writeClient(Buffer.concat([errorResponse(route.error), readyForQuery(this.txStatus)]));
+        return;
       }
       if (this.txStatus !== 'I') {
         if (this.deps.settings().inTransaction === 'foreground') {
@@ -533,7 +537,12 @@ export class ClientSession implements BackendStreamSink {
   /** Polls supervised workers when the session is idle outside a transaction block (decision 4). */
   private superviseOnce(): void {
     if (this.phase !== 'ready' || !this.deps.jobs) return;
-    if (!this.idle || this.held.length > 0 || this.txStatus !== 'I') return this.scheduleSupervision();
+    if (!this.idle || this.held.length > 0 || this.txStatus !== 'I') {
+      // Busy now: look again at the next moment the session is idle outside a transaction.
+      this.superviseDue = true;
+      return;
+    }
+    this.superviseDue = false;
     const jobs = this.deps.jobs;
     this.runLocal(async () => {
       for (const worker of [...this.supervised.values()]) {
@@ -553,6 +562,7 @@ export class ClientSession implements BackendStreamSink {
       this.idleWaiters = [];
       for (const w of waiters) w();
     }
+    if (this.superviseDue && this.txStatus === 'I' && this.idle && this.held.length === 0) this.superviseOnce();
   }
 
   capturing(): boolean {
@@ -737,6 +747,9 @@ export class ClientSession implements BackendStreamSink {
     if (this.superviseTimer) clearTimeout(this.superviseTimer);
     if (this.proxyKey) this.deps.cancelKeys.release(this.proxyKey.pid);
     if (this.upstream && !this.upstream.destroyed) {
+      // A statement still running keeps its backend busy (the server reads Terminate only
+      // after it): cancel it, so the backend goes away now rather than when it finishes.
+      if (this.pendingReady > 0 || this.forwardedSinceSync > 0 || this.localBusy) this.cancelUpstream();
       this.upstream.end(Buffer.from([X, 0, 0, 0, 4]));
       this.upstream.destroySoon?.();
     }

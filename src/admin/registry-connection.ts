@@ -1,0 +1,104 @@
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { PgError } from '../protocol/errors.js';
+import { SqlState } from '../protocol/sqlstate.js';
+
+/**
+ * The console's connection to the job registry database (jobs.registryUrl). The admin's own
+ * authenticated session sits in admin.authDatabase, not in the registry database, so job data
+ * comes through this operator connection instead: the role in registryUrl is meant to be a
+ * pgbg_admin member, which sees every job through the registry's row-level security.
+ *
+ * One connection, opened on first use and shared by every console session, which take turns.
+ * It follows jobs.registryUrl across RELOADs and is reopened after a failure.
+ */
+export class RegistryConnection {
+  private client: pg.Client | null = null;
+  private connectedUrl: string | null = null;
+  private closed = false;
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly url: () => string | null,
+    private readonly connectTimeoutMs: () => number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Runs one statement; every failure becomes a PgError the console can show. */
+  query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
+    // One statement at a time: pg.Client's own queueing of concurrent queries is deprecated.
+    const run = this.tail.then(async () => {
+      const client = await this.connection();
+      try {
+        return await client.query<R>(sql, values);
+      } catch (err) {
+        throw asPgError(err);
+      }
+    });
+    this.tail = run.catch(() => {});
+    return run;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.drop();
+  }
+
+  private async connection(): Promise<pg.Client> {
+    if (this.closed) throw new PgError(SqlState.AdminShutdown, 'pgbg-proxy is shutting down');
+    const url = this.url();
+    if (!url) {
+      throw new PgError(
+        SqlState.ObjectNotInPrerequisiteState,
+        'jobs.registryUrl is not set: the admin console cannot read the job registry',
+        undefined,
+        'Set jobs.registryUrl (or PGBG_REGISTRY_URL) to a connection string of a pgbg_admin role in the registry database, then RELOAD.',
+      );
+    }
+    if (this.connectedUrl !== url) await this.drop();
+    if (this.client) return this.client;
+    return this.open(url);
+  }
+
+  private async open(url: string): Promise<pg.Client> {
+    const client = new pg.Client({
+      connectionString: url,
+      application_name: 'pgbg-proxy admin console',
+      connectionTimeoutMillis: this.connectTimeoutMs(),
+      // a console command must never hang on a lock in the registry
+      statement_timeout: 30_000,
+    });
+    client.on('error', (err) => {
+      this.log.warn({ err: err.message }, 'admin console: registry connection lost');
+      if (this.client === client) {
+        this.client = null;
+        this.connectedUrl = null;
+      }
+    });
+    try {
+      await client.connect();
+    } catch (err) {
+      client.end().catch(() => {});
+      const e = asPgError(err);
+      throw new PgError(e.code, `could not connect to the job registry: ${e.message}`, e.detail, e.hint);
+    }
+    this.client = client;
+    this.connectedUrl = url;
+    return client;
+  }
+
+  private async drop(): Promise<void> {
+    const c = this.client;
+    this.client = null;
+    this.connectedUrl = null;
+    await c?.end().catch(() => {});
+  }
+}
+
+/** A server error keeps its SQLSTATE and fields; anything else (network) is a connection failure. */
+export function asPgError(err: unknown): PgError {
+  if (err instanceof PgError) return err;
+  const e = err as { code?: unknown; message?: string; detail?: string; hint?: string };
+  if (typeof e?.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code)) return new PgError(e.code, e.message ?? 'error', e.detail, e.hint);
+  return new PgError(SqlState.ConnectionFailure, e?.message ?? String(err));
+}
