@@ -29,7 +29,10 @@ export async function runStatement(
   values: (Buffer | string | null)[] = [],
   options: { types?: number[]; formats?: number[] } = {},
 ): Promise<Exchange> {
+  // The leading Close clears a statement left behind when an earlier exchange failed before its
+  // own Close (after an error the server skips everything up to Sync).
   return channel.exchange([
+    fe.close('S', STATEMENT),
     fe.parse(STATEMENT, sql, options.types ?? []),
     fe.bind('', STATEMENT, values, options.formats ?? []),
     fe.execute(),
@@ -53,7 +56,7 @@ export async function runOrThrow(
 
 /** Parses and describes a statement without running it: checks syntax, names and parameter types. */
 export async function describeStatement(channel: SessionChannel, sql: string, types: number[]): Promise<{ paramTypes: number[]; error: PgError | null }> {
-  const result = await channel.exchange([fe.parse(STATEMENT, sql, types), fe.describe('S', STATEMENT), fe.close('S', STATEMENT), fe.sync()]);
+  const result = await channel.exchange([fe.close('S', STATEMENT), fe.parse(STATEMENT, sql, types), fe.describe('S', STATEMENT), fe.close('S', STATEMENT), fe.sync()]);
   const pd = result.messages.find((m) => m.name === 'parameterDescription') as unknown as { dataTypeIDs: number[] } | undefined;
   return { paramTypes: pd?.dataTypeIDs ?? [], error: serverError(result) };
 }

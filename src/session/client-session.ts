@@ -327,31 +327,26 @@ export class ClientSession implements BackendStreamSink {
     this.local.forgetStatement(parse.name);
     if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
       // Answers to earlier messages of this batch may still sit unflushed in the server, so the
-      // proxy cannot answer in between; the statement fails in its place, in order.
+      // proxy cannot answer in between; a Parse that fails at once takes the statement's place,
+      // in order (its error names the reason), and the server skips the rest up to Sync.
       this.deps.observer.statement('rejected');
-      const error =
-        route.action === 'reject'
-          ? route.error
-          : new PgError(
-              SqlState.FeatureNotSupported,
-              'a background statement must be the first message of its pipeline',
-              'pgbg-proxy answers background statements itself and cannot interleave its answer with pending server results.',
-              'Send Sync before the background statement.',
-            );
-      return this.forwardExtended(parseMessage(parse.name, raiseStatement(error), parse.paramTypes));
+      return this.forwardExtended(parseMessage(parse.name, pipelineRefusal(), parse.paramTypes));
     }
     this.runLocal(async () => {
       await this.whenIdle();
+      this.batchHasLocal = true;
       if (route.action === 'reject') {
         this.deps.observer.statement('rejected');
-        return this.forwardExtended(parseMessage(parse.name, raiseStatement(route.error), parse.paramTypes));
+        return this.refuseInBatch(route.error);
       }
       if (this.txStatus !== 'I') {
-        if (this.deps.settings().inTransaction === 'foreground') return this.forwardExtended(msg);
+        if (this.deps.settings().inTransaction === 'foreground') {
+          this.batchHasLocal = false;
+          return this.forwardExtended(msg);
+        }
         this.deps.observer.statement('rejected');
-        return this.forwardExtended(parseMessage(parse.name, raiseStatement(inTransactionError(route.plan)), parse.paramTypes));
+        return this.refuseInBatch(inTransactionError(route.plan));
       }
-      this.batchHasLocal = true;
       try {
         if (!this.deps.jobs) throw jobsDisabled();
         const paramTypes = await this.deps.jobs.describe(this.channel, route.plan, parse.paramTypes);
@@ -361,6 +356,15 @@ export class ClientSession implements BackendStreamSink {
         this.localError(err);
       }
     });
+  }
+
+  /**
+   * Refuses a statement of an extended batch. Inside a transaction block the server raises the
+   * same error first, so its transaction is aborted exactly as the client is told.
+   */
+  private async refuseInBatch(error: PgError): Promise<void> {
+    if (this.txStatus === 'T') await this.exchange([queryMessage(raiseStatement(error))]);
+    this.localError(error);
   }
 
   /** Handles Bind/Describe/Execute/Close aimed at the proxy's own statements; false to forward. */
@@ -501,7 +505,10 @@ export class ClientSession implements BackendStreamSink {
     }
     this.flushOutbound();
     if (this.heldBytes <= HELD_BYTES_LIMIT) this.unpause('held');
-    if (!this.localBusy && this.held.length === 0) this.maybeFinishAdopted();
+    if (!this.localBusy && this.held.length === 0) {
+      this.maybeFinishAdopted();
+      if (this.superviseDue && this.idle && this.txStatus === 'I') setImmediate(() => this.superviseOnce());
+    }
   }
 
   /** Resolves once the server owes the client nothing; local writes are safe from then on. */
@@ -511,7 +518,9 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private exchange(messages: Buffer[]): Promise<Exchange> {
-    if (this.phase !== 'ready' || !this.upstream) return Promise.reject(new Error('upstream session is closed'));
+    // A PgError: the session ended under the proxy's own statements (client gone, protocol
+    // violation), which is no internal error; there is nobody left to tell.
+    if (this.phase !== 'ready' || !this.upstream) return Promise.reject(new PgError(SqlState.ConnectionFailure, 'upstream session is closed'));
     if (this.collector) return Promise.reject(new Error('an exchange is already running'));
     return new Promise<Exchange>((resolve, reject) => {
       this.collector = new ExchangeCollector(
@@ -612,7 +621,15 @@ export class ClientSession implements BackendStreamSink {
       );
       const early = this.authHeld;
       this.authHeld = [];
-      for (const m of early) this.onClientMessage(m[0], m);
+      // Messages pipelined behind the startup packet are read here, on the server's data
+      // event: a malformed one must end this session, not throw out of the socket handler.
+      try {
+        for (const m of early) this.onClientMessage(m[0], m);
+      } catch (err) {
+        this.flushOutbound();
+        if (err instanceof ProtocolViolation) return this.protocolViolation(err);
+        throw err;
+      }
       this.flushOutbound();
     }
   }
@@ -758,6 +775,11 @@ export class ClientSession implements BackendStreamSink {
     this.deps.log.info({ session: this.id, duration_ms: Date.now() - this.startedAt }, 'session ended');
     for (const l of this.closeListeners) l();
   }
+}
+
+/** A statement that fails at Parse time, whatever parameters it was declared with. */
+function pipelineRefusal(): string {
+  return 'SELECT FROM "pgbg-proxy: a background statement must be the first of its pipeline; send Sync before it"';
 }
 
 /** A Bind aimed at a statement name the server cannot have, so the server fails it in order. */
