@@ -69,7 +69,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const listener = await startListener(config, {
     log,
     router: () => router,
-    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log) : null,
+    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
   });
@@ -90,8 +90,8 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
       log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {
-      await adminConsole.close();
-      await listener.close(graceMs);
+      // The listener stops accepting first; console sessions end alongside the drain.
+      await Promise.all([listener.close(graceMs), adminConsole.close()]);
       await reconciler?.stop();
       await http?.close();
       await jobMetrics?.close();

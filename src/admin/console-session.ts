@@ -18,6 +18,9 @@ import type { AdminIdentity } from './admin-auth.js';
 import { parseCommand, splitCommands, type CommandContext, type ConsoleSessionInfo, type ParsedCommand } from './commands.js';
 import { describeColumns, encodeResult, type ResultSet } from './result-set.js';
 
+/** Frontend messages held unanswered before the client is no longer read. */
+const MAX_QUEUED = 256;
+
 const Q = 0x51, P = 0x50, B = 0x42, D = 0x44, E = 0x45, S = 0x53, H = 0x48, C = 0x43, X = 0x58, F = 0x46;
 
 /** A prepared statement of the console: a command, or null for an empty string. */
@@ -99,6 +102,8 @@ export class ConsoleSession implements ConsoleSessionInfo {
     if (this.closed) return;
     try {
       this.framer.push(chunk, (type, msg) => this.queue.push({ type, msg }));
+      // A client pipelining faster than commands complete stops being read until they catch up.
+      if (this.queue.length > MAX_QUEUED) this.socket.pause();
     } catch (err) {
       if (err instanceof ProtocolViolation) return this.terminate(new PgError(SqlState.ProtocolViolation, err.message, undefined, undefined, 'FATAL'));
       throw err;
@@ -124,6 +129,7 @@ export class ConsoleSession implements ConsoleSessionInfo {
       }
     } finally {
       this.draining = false;
+      if (!this.closed) this.socket.resume();
     }
   }
 

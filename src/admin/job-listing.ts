@@ -26,38 +26,6 @@ export const JOB_COLUMNS = columns(
 );
 
 /**
- * Progress of whatever a worker is doing, from the pg_stat_progress_* views, as one
- * (pid, phase, percent) per backend. The percentage uses the counter that measures the current
- * phase: blocks where PostgreSQL counts blocks, tuples or lockers where it counts those, bytes
- * for COPY. NULL when the phase has no total (PostgreSQL reports 0 for an unknown total).
- */
-const PROGRESS_SQL = `
-  SELECT v.pid, 'vacuum: ' || v.phase AS phase,
-         CASE WHEN v.heap_blks_total > 0 THEN 100.0 *
-              (CASE WHEN v.phase = 'vacuuming heap' THEN v.heap_blks_vacuumed ELSE v.heap_blks_scanned END) / v.heap_blks_total END AS percent
-    FROM pg_catalog.pg_stat_progress_vacuum v
-  UNION ALL
-  SELECT c.pid, pg_catalog.lower(c.command) || ': ' || c.phase,
-         CASE WHEN c.blocks_total > 0 THEN 100.0 * c.blocks_done / c.blocks_total
-              WHEN c.tuples_total > 0 THEN 100.0 * c.tuples_done / c.tuples_total
-              WHEN c.lockers_total > 0 THEN 100.0 * c.lockers_done / c.lockers_total
-              WHEN c.partitions_total > 0 THEN 100.0 * c.partitions_done / c.partitions_total END
-    FROM pg_catalog.pg_stat_progress_create_index c
-  UNION ALL
-  SELECT k.pid, pg_catalog.lower(k.command) || ': ' || k.phase,
-         CASE WHEN k.heap_blks_total > 0 THEN 100.0 * k.heap_blks_scanned / k.heap_blks_total END
-    FROM pg_catalog.pg_stat_progress_cluster k
-  UNION ALL
-  SELECT a.pid, 'analyze: ' || a.phase,
-         CASE WHEN a.phase = 'computing extended statistics' AND a.ext_stats_total > 0 THEN 100.0 * a.ext_stats_computed / a.ext_stats_total
-              WHEN a.sample_blks_total > 0 THEN 100.0 * a.sample_blks_scanned / a.sample_blks_total END
-    FROM pg_catalog.pg_stat_progress_analyze a
-  UNION ALL
-  SELECT p.pid, pg_catalog.lower(p.command) || ' (' || pg_catalog.lower(p.type) || ')',
-         CASE WHEN p.bytes_total > 0 THEN 100.0 * p.bytes_processed / p.bytes_total END
-    FROM pg_catalog.pg_stat_progress_copy p`;
-
-/**
  * Active jobs (queued, running) and the last finished ones. Reads pgbg.job itself rather than
  * the pgbg.jobs view because the worker's identity (pid + backend_start) is needed to join
  * pg_stat_activity and the progress views without mistaking a reused pid for the worker.
@@ -71,8 +39,6 @@ WITH chosen AS (
   UNION ALL
   (SELECT * FROM pgbg.job WHERE state NOT IN ('queued', 'running')
     ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT ${FINISHED_JOBS_SHOWN})
-),
-progress AS (${PROGRESS_SQL}
 )
 SELECT j.id::text AS id,
        j.state,
@@ -95,7 +61,7 @@ SELECT j.id::text AS id,
   LEFT JOIN pg_catalog.pg_stat_activity a
          ON j.state = 'running' AND a.pid = j.worker_pid
         AND (j.worker_start IS NULL OR a.backend_start = j.worker_start)
-  LEFT JOIN progress p ON p.pid = a.pid
+  LEFT JOIN pgbg.worker_progress p ON p.pid = a.pid
  ORDER BY (j.state IN ('queued', 'running')) DESC,
           CASE WHEN j.state IN ('queued', 'running') THEN j.id END,
           j.finished_at DESC NULLS LAST, j.id DESC`;

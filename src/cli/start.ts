@@ -7,7 +7,7 @@ import { startProxy } from '../proxy.js';
  * The reload re-reads the same sources (file, environment, flags) through `reread`.
  */
 export async function runStart(config: ProxyConfig, reread?: () => ProxyConfig): Promise<number> {
-  const proxy = await startProxy(config);
+  const proxy = await startProxy(config, { reread });
   const log = proxy.log;
   return await new Promise<number>((resolve) => {
     let stopping = false;

@@ -15,7 +15,11 @@ import { superviseStep } from './supervise.js';
  * worker, running as the client's role, waits until that row is committed before it starts.
  */
 export class PgBackgroundSubmitter implements JobSubmitter {
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    /** PAUSE on the admin console: no new launches until RESUME. */
+    private readonly isPaused: () => boolean = () => false,
+  ) {}
 
   async describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]> {
     const statement = plan.statements[0];
@@ -31,6 +35,14 @@ export class PgBackgroundSubmitter implements JobSubmitter {
   }
 
   async submit(channel: SessionChannel, plan: JobPlan, params: BoundParams | null, ctx: SubmitContext): Promise<SubmittedJob> {
+    if (this.isPaused()) {
+      throw new PgError(
+        SqlState.ObjectNotInPrerequisiteState,
+        'pgbg-proxy is paused: new background jobs are not launched',
+        'An administrator ran PAUSE on the pgbg-proxy admin console.',
+        'Retry after RESUME, or run the statement without the background hint.',
+      );
+    }
     const started = process.hrtime.bigint();
     let statement = plan.statements[0];
     if (params && params.values.length > 0) {

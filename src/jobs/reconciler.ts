@@ -50,6 +50,7 @@ export class Reconciler {
     try {
       await this.runOnce();
     } catch (err) {
+      if (this.stopped) return;
       this.lastError = (err as Error).message;
       this.log.warn({ err: this.lastError }, 'reconciliation failed; will retry');
       this.client?.end().catch(() => {});

@@ -743,7 +743,7 @@ export class ClientSession implements BackendStreamSink {
 
   private onUpstreamClosed(): void {
     if (this.phase === 'closed') return;
-    if (this.collector) this.collector.reject(new Error('server closed the connection'));
+    if (this.collector) this.collector.reject(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly'));
     if (!this.clientGone) {
       if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0) {
         this.client.end(

@@ -108,9 +108,9 @@ describe('protocol flows', () => {
     const lines: string[] = [];
     for (let i = 0; i < 100_000; i++) lines.push(`${i}\tpayload-${i}-${'x'.repeat(i % 50)}`);
     const input = lines.join('\n') + '\n';
-    const copied = await copyIn(via.port, 'alice', 'COPY flows_copy FROM STDIN', input);
+    const copied = await copyIn(via.port, 'trustuser', 'COPY flows_copy FROM STDIN', input);
     expect(copied).toBe('COPY 100000');
-    const out = await copyOut(via.port, 'alice', 'COPY (SELECT * FROM flows_copy ORDER BY id) TO STDOUT');
+    const out = await copyOut(via.port, 'trustuser', 'COPY (SELECT * FROM flows_copy ORDER BY id) TO STDOUT');
     expect(sha(out)).toBe(sha(input));
     const server = await cluster.query("SELECT count(*)::int AS n, md5(string_agg(id || E'\\t' || payload, E'\\n' ORDER BY id) || E'\\n') AS h FROM flows_copy");
     expect(server.rows[0]).toEqual({ n: 100_000, h: createHash('md5').update(input).digest('hex') });

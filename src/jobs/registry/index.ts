@@ -1,4 +1,5 @@
 import { V1_SQL } from './v1.sql.js';
+import { V2_SQL } from './progress.sql.js';
 
 /** One registry schema version: applied in its own transaction by migrate(). */
 export interface RegistryMigration {
@@ -10,6 +11,7 @@ export interface RegistryMigration {
 /** Every registry version, in order. Append; never edit a released one. */
 export const MIGRATIONS: readonly RegistryMigration[] = [
   { version: 1, description: 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS', sql: V1_SQL },
+  { version: 2, description: 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)', sql: V2_SQL },
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */

@@ -1,0 +1,564 @@
+/**
+ * pgbg-proxy benchmark: `npm run bench` (node --import tsx bench/run.ts).
+ *
+ *  1. pgbench -S (simple, extended, prepared protocol) against PostgreSQL directly, through
+ *     PgBouncer (session mode) and through pgbg-proxy, alternating targets in rotating order
+ *     for several rounds; median/min/max tps and the proxy's ratios.
+ *  2. Cost of Prometheus scraping: pgbench -S -M simple through the proxy with and without a
+ *     loop fetching /metrics every 100 ms, alternating rounds.
+ *  3. "Time to job id": round trip of a hinted statement through the proxy until the job-id row
+ *     arrives, against a raw pg_background launch on a direct connection; sequential p50/p99 and
+ *     launches per second, sequential and with concurrent clients.
+ *
+ * Environment: BENCH_QUICK=1 (2 rounds x 2 s, 40 jobs), BENCH_ROUNDS (5), BENCH_SECONDS (5),
+ * BENCH_CLIENTS (16), BENCH_THREADS (2), BENCH_SCALE (10), BENCH_MODES (simple,extended,prepared),
+ * BENCH_WARMUP (seconds per target before the rounds; 2, quick 0), BENCH_JOBS (200, quick 40),
+ * BENCH_JOB_SQL ("SELECT 1"), BENCH_JOB_CLIENTS (4), BENCH_SCRAPE_MS (100), BENCH_SKIP_BUILD=1,
+ * BENCH_MAX_WORKER_PROCESSES (the harness's 24), BENCH_PGBOUNCER (/usr/sbin/pgbouncer),
+ * BENCH_OUT (bench/results/latest.json; the proxy's log goes next to it as proxy.log).
+ * Everything it starts (cluster, PgBouncer, proxy) is stopped on exit, on error and on Ctrl-C.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { startCluster, freePort, ROLE_PASSWORDS, type Cluster } from '../test/harness/cluster.js';
+import { cleanupAll, installSignalHandlers, onCleanup, wasInterrupted } from './cleanup.js';
+import { cpuSeconds, runCommand, sleep, startPgBouncer, startProxyProcess, tail, type Bouncer, type ProxyProcess } from './procs.js';
+import { initPgbench, runPgbench, type PgbenchMode, type PgbenchRun, type PgbenchTarget } from './pgbench.js';
+import { drain, runJobBench, type JobBenchResult } from './jobs.js';
+import { fmt, max, median, min, percentile, ratio, table } from './stats.js';
+
+const repoDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function intEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, not "${raw}"`);
+  return n;
+}
+
+const quick = process.env.BENCH_QUICK === '1';
+const cfg = {
+  quick,
+  rounds: intEnv('BENCH_ROUNDS', quick ? 2 : 5),
+  seconds: intEnv('BENCH_SECONDS', quick ? 2 : 5),
+  clients: intEnv('BENCH_CLIENTS', 16),
+  threads: intEnv('BENCH_THREADS', 2),
+  scale: intEnv('BENCH_SCALE', 10),
+  warmupSeconds: intEnv('BENCH_WARMUP', quick ? 0 : 2),
+  modes: (process.env.BENCH_MODES ?? 'simple,extended,prepared').split(',').map((m) => m.trim()).filter(Boolean) as PgbenchMode[],
+  jobs: intEnv('BENCH_JOBS', quick ? 40 : 200),
+  jobBlock: 20,
+  jobClients: intEnv('BENCH_JOB_CLIENTS', 4),
+  jobSql: process.env.BENCH_JOB_SQL ?? 'SELECT 1',
+  scrapeMs: intEnv('BENCH_SCRAPE_MS', 100),
+  /** 0: the test harness's value (24). */
+  maxWorkerProcesses: intEnv('BENCH_MAX_WORKER_PROCESSES', 0),
+  out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
+};
+for (const m of cfg.modes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`BENCH_MODES: unknown mode "${m}"`);
+
+type TargetName = 'direct' | 'pgbouncer' | 'proxy';
+
+interface RoundRun extends PgbenchRun {
+  round: number;
+  mode: PgbenchMode;
+  target: TargetName;
+  order: number;
+  /** CPU used by the middle process (proxy or PgBouncer) during the run, % of one core. */
+  cpuPct: number;
+  /** Its CPU time per processed transaction, microseconds. */
+  cpuUsPerTx: number;
+}
+
+const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+const log = (line = '') => console.log(line);
+
+function sh(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], cwd: repoDir }).trim();
+  } catch {
+    return '';
+  }
+}
+
+function rotate<T>(items: T[], by: number): T[] {
+  const k = by % items.length;
+  return [...items.slice(k), ...items.slice(0, k)];
+}
+
+async function build(): Promise<void> {
+  if (process.env.BENCH_SKIP_BUILD === '1') {
+    log('build: skipped (BENCH_SKIP_BUILD=1)');
+    return;
+  }
+  const tsc = path.join(repoDir, 'node_modules/.bin/tsc');
+  const t0 = nowMs();
+  const res = existsSync(tsc)
+    ? await runCommand(tsc, ['-p', 'tsconfig.build.json'], { cwd: repoDir })
+    : await runCommand('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: repoDir });
+  if (res.code !== 0) {
+    const out = (res.stdout + res.stderr).trim().split('\n').slice(0, 20).join('\n');
+    if (!existsSync(path.join(repoDir, 'dist/cli/main.js'))) throw new Error(`tsc -p tsconfig.build.json failed:\n${out}`);
+    log(`build: tsc reported errors (dist/ was still emitted; benchmarking it anyway):\n${out}`);
+  } else {
+    log(`build: tsc -p tsconfig.build.json ok (${((nowMs() - t0) / 1000).toFixed(1)} s)`);
+  }
+}
+
+/** Checks that a target accepts a login and a query; returns the error message if not. */
+async function probe(target: PgbenchTarget): Promise<string | null> {
+  const client = new pg.Client({ ...target, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('SELECT count(*) FROM pgbench_branches');
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+interface ScrapeStats {
+  scrapes: number;
+  errors: number;
+  bytes: number;
+  ms: number[];
+}
+
+function startScraper(url: string, intervalMs: number): { stats: ScrapeStats; stop(): Promise<void> } {
+  const stats: ScrapeStats = { scrapes: 0, errors: 0, bytes: 0, ms: [] };
+  let stopped = false;
+  const done = (async () => {
+    while (!stopped) {
+      const t0 = nowMs();
+      try {
+        const res = await fetch(url);
+        const text = await res.text();
+        if (res.ok) {
+          stats.scrapes++;
+          stats.bytes = Buffer.byteLength(text);
+        } else {
+          stats.errors++;
+        }
+      } catch {
+        stats.errors++;
+      }
+      const dt = nowMs() - t0;
+      stats.ms.push(dt);
+      if (!stopped) await sleep(Math.max(0, intervalMs - dt));
+    }
+  })();
+  return {
+    stats,
+    async stop() {
+      stopped = true;
+      await done;
+    },
+  };
+}
+
+function describeRun(r: PgbenchRun): string {
+  if (r.error && !Number.isFinite(r.tps)) return `ERROR (${r.error.split('\n').pop()})`;
+  return `${fmt(r.tps)} tps${r.failed ? ` (${r.failed} failed)` : ''}${r.error ? ' [pgbench error]' : ''}`;
+}
+
+async function main(): Promise<number> {
+  installSignalHandlers();
+  const startedAt = new Date();
+  const t0 = nowMs();
+  const env = {
+    date: startedAt.toISOString(),
+    host: os.hostname(),
+    uptimeAtStart: sh('uptime', []),
+    loadavgAtStart: os.loadavg(),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? '',
+    memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    node: process.version,
+    git: `${sh('git', ['rev-parse', '--short', 'HEAD'])}${sh('git', ['status', '--porcelain']) ? ' (working tree has uncommitted changes)' : ''}`,
+    postgres: '',
+    pgBackground: '',
+    pgbouncer: '',
+    uptimeAtEnd: '',
+  };
+  log(`pgbg-proxy benchmark${quick ? ' (quick mode)' : ''}  ${env.date}`);
+  log(`machine: ${env.cpus} CPUs (${env.cpuModel}), ${env.memoryGiB} GiB, node ${env.node}, git ${env.git}`);
+  log(`load at start: ${env.uptimeAtStart}`);
+  log(
+    `settings: pgbench -S -c ${cfg.clients} -j ${cfg.threads}, ${cfg.rounds} rounds x ${cfg.seconds} s, modes ${cfg.modes.join('/')}, scale ${cfg.scale}, ` +
+      `warm-up ${cfg.warmupSeconds} s; ${cfg.jobs} jobs (${cfg.jobSql}), ${cfg.jobClients} concurrent job clients; /metrics every ${cfg.scrapeMs} ms`,
+  );
+  log();
+
+  await build();
+
+  // ---- PostgreSQL ---------------------------------------------------------------------------
+  const cluster: Cluster = await startCluster({
+    settings: {
+      max_connections: '200',
+      shared_buffers: '256MB',
+      max_wal_size: '4GB',
+      checkpoint_timeout: '30min',
+      autovacuum: 'off',
+      track_io_timing: 'off',
+      ...(cfg.maxWorkerProcesses > 0 ? { max_worker_processes: String(cfg.maxWorkerProcesses) } : {}),
+    },
+  });
+  onCleanup('PostgreSQL cluster', () => cluster.stop());
+  const pgVersion = (await cluster.query<{ v: string }>('SELECT version() AS v')).rows[0].v;
+  const mwp = (await cluster.query<{ s: string }>(`SELECT current_setting('max_worker_processes') AS s`)).rows[0].s;
+  env.postgres = pgVersion.split(',')[0];
+  env.pgBackground = `${cluster.pgBackground === 'real' ? 'pg_background' : 'pg_background STAND-IN (dblink test fixture)'} ${cluster.extVersion}`;
+  log(`cluster: ${env.postgres} on 127.0.0.1:${cluster.port}, ${env.pgBackground}, max_worker_processes ${mwp}, data in ${cluster.dataDir}`);
+
+  const db = await cluster.createDatabase('pgbench');
+  const user = 'postgres';
+  const password = ROLE_PASSWORDS.postgres!;
+  const direct: PgbenchTarget = { host: '127.0.0.1', port: cluster.port, user, password, database: db };
+  const ti = nowMs();
+  await initPgbench(cluster.binDir, direct, cfg.scale);
+  log(`pgbench -i -s ${cfg.scale} into "${db}": ${((nowMs() - ti) / 1000).toFixed(1)} s`);
+
+  const registryUrl = cluster.url('postgres', db);
+  const mig = await runCommand(process.execPath, [path.join(repoDir, 'bin/pgbg-proxy.js'), 'migrate', '--database', registryUrl], { cwd: repoDir, timeoutMs: 120_000 });
+  const migrated = mig.code === 0;
+  log(`migrate: ${(mig.stdout + mig.stderr).trim() || `exit status ${mig.code}`}`);
+
+  // ---- pgbg-proxy ---------------------------------------------------------------------------
+  const proxyLog = path.join(path.dirname(cfg.out), 'proxy.log');
+  await fs.mkdir(path.dirname(proxyLog), { recursive: true });
+  await fs.writeFile(proxyLog, '');
+  const proxy: ProxyProcess = await startProxyProcess({
+    repoDir,
+    port: await freePort(),
+    upstreamHost: '127.0.0.1',
+    upstreamPort: cluster.port,
+    metricsPort: await freePort(),
+    logFile: proxyLog,
+    // The registry connection serves job metrics at scrape time and reconciliation, as in production.
+    env: migrated ? { PGBG_REGISTRY_URL: registryUrl } : {},
+  });
+  log(`proxy: 127.0.0.1:${proxy.port} (metrics 127.0.0.1:${proxy.metricsPort})${migrated ? ', jobs.registryUrl = the benchmark database' : ''}`);
+
+  // ---- PgBouncer ----------------------------------------------------------------------------
+  let bouncer: Bouncer | null = null;
+  let bouncerSkipped: string | undefined;
+  try {
+    bouncer = await startPgBouncer({ port: await freePort(), upstreamHost: '127.0.0.1', upstreamPort: cluster.port, user, password, osUser: cluster.osUser });
+    env.pgbouncer = bouncer.version;
+    log(`pgbouncer: ${bouncer.version} on 127.0.0.1:${bouncer.port} (session mode, pool 100)`);
+  } catch (err) {
+    bouncerSkipped = (err as Error).message;
+    log(`pgbouncer: SKIPPED, ${bouncerSkipped}`);
+  }
+
+  const targets: Partial<Record<TargetName, PgbenchTarget>> = { direct, proxy: { ...direct, port: proxy.port } };
+  if (bouncer) targets.pgbouncer = { ...direct, port: bouncer.port };
+  for (const [name, target] of Object.entries(targets) as [TargetName, PgbenchTarget][]) {
+    const problem = await probe(target);
+    if (problem === null) continue;
+    if (name === 'pgbouncer') {
+      bouncerSkipped = `login through pgbouncer failed: ${problem}\n${tail(bouncer!.service.logFile, 10)}`;
+      log(`pgbouncer: SKIPPED, ${bouncerSkipped}`);
+      delete targets.pgbouncer;
+      await bouncer!.service.stop();
+      bouncer = null;
+    } else {
+      throw new Error(`cannot query through ${name}: ${problem}${name === 'proxy' ? `\n${tail(proxyLog)}` : ''}`);
+    }
+  }
+  const targetNames = (['direct', 'pgbouncer', 'proxy'] as TargetName[]).filter((t) => targets[t]);
+  log();
+
+  const pgbenchOpts = (mode: PgbenchMode, seconds = cfg.seconds) => ({ mode, clients: cfg.clients, threads: cfg.threads, seconds });
+  const pidOf = (t: TargetName) => (t === 'proxy' ? proxy.service.child.pid : t === 'pgbouncer' ? bouncer?.pid : null);
+  /** One pgbench run, with the CPU the proxy or PgBouncer used meanwhile. */
+  const measured = async (t: TargetName, mode: PgbenchMode) => {
+    const pid = pidOf(t);
+    const c0 = cpuSeconds(pid);
+    const r = await runPgbench(cluster.binDir, targets[t]!, pgbenchOpts(mode));
+    const cpu = cpuSeconds(pid) - c0;
+    return { ...r, cpuPct: (cpu / cfg.seconds) * 100, cpuUsPerTx: r.processed > 0 ? (cpu / r.processed) * 1e6 : NaN };
+  };
+
+  // ---- Part 1: pgbench -S ---------------------------------------------------------------------
+  if (cfg.warmupSeconds > 0) {
+    for (const t of targetNames) await runPgbench(cluster.binDir, targets[t]!, pgbenchOpts('simple', cfg.warmupSeconds));
+    log(`warm-up: ${cfg.warmupSeconds} s per target (not counted)`);
+  }
+  const runs: RoundRun[] = [];
+  log(`part 1: pgbench -S, ${cfg.rounds} rounds; in round r the target order rotates by r`);
+  for (let round = 0; round < cfg.rounds; round++) {
+    for (const mode of cfg.modes) {
+      const order = rotate(targetNames, round);
+      const parts: string[] = [];
+      for (const [i, target] of order.entries()) {
+        if (wasInterrupted()) return 130;
+        const r = await measured(target, mode);
+        runs.push({ ...r, round: round + 1, mode, target, order: i });
+        parts.push(`${target} ${describeRun(r)}`);
+        if (r.error) log(`    ${target}/${mode}: pgbench reported: ${r.error.replace(/\n/g, ' | ')}`);
+      }
+      log(`  round ${round + 1}/${cfg.rounds} ${mode.padEnd(8)} ${parts.join(', ')}`);
+    }
+  }
+  log();
+
+  // ---- Part 2: scrape cost ----------------------------------------------------------------------
+  const metricsUrl = `http://127.0.0.1:${proxy.metricsPort}/metrics`;
+  const scrape: { off: number[]; on: number[]; cpu: { off: number[]; on: number[] }; stats: ScrapeStats; skipped?: string } = {
+    off: [],
+    on: [],
+    cpu: { off: [], on: [] },
+    stats: { scrapes: 0, errors: 0, bytes: 0, ms: [] },
+  };
+  try {
+    const res = await fetch(metricsUrl);
+    await res.text();
+    if (!res.ok) throw new Error(`GET /metrics answered ${res.status}`);
+  } catch (err) {
+    scrape.skipped = (err as Error).message;
+  }
+  if (!scrape.skipped) {
+    log(`part 2: pgbench -S -M simple through the proxy, with and without GET ${metricsUrl} every ${cfg.scrapeMs} ms`);
+    for (let round = 0; round < cfg.rounds; round++) {
+      const order: ('off' | 'on')[] = round % 2 === 0 ? ['off', 'on'] : ['on', 'off'];
+      const parts: string[] = [];
+      for (const state of order) {
+        if (wasInterrupted()) return 130;
+        const scraper = state === 'on' ? startScraper(metricsUrl, cfg.scrapeMs) : null;
+        const r = await measured('proxy', 'simple');
+        if (scraper) {
+          await scraper.stop();
+          scrape.stats.scrapes += scraper.stats.scrapes;
+          scrape.stats.errors += scraper.stats.errors;
+          scrape.stats.bytes = scraper.stats.bytes;
+          scrape.stats.ms.push(...scraper.stats.ms);
+        }
+        if (Number.isFinite(r.tps)) scrape[state].push(r.tps);
+        if (Number.isFinite(r.cpuUsPerTx)) scrape.cpu[state].push(r.cpuUsPerTx);
+        parts.push(`scrape ${state} ${describeRun(r)}`);
+      }
+      log(`  round ${round + 1}/${cfg.rounds} ${parts.join(', ')}`);
+    }
+  } else {
+    log(`part 2: SKIPPED (metrics endpoint: ${scrape.skipped})`);
+  }
+  log();
+
+  // ---- Part 3: time to job id ------------------------------------------------------------------
+  let jobs: JobBenchResult | null = null;
+  let jobsSkipped: string | undefined;
+  if (!migrated) {
+    jobsSkipped = `migrate failed: ${(mig.stdout + mig.stderr).trim()}`;
+    log(`part 3: SKIPPED (${jobsSkipped})`);
+  } else {
+    log(`part 3: time to job id, ${cfg.jobs} statements per kind in alternating blocks of ${cfg.jobBlock}, then ${cfg.jobClients} concurrent clients`);
+    const perClient = Math.max(1, Math.ceil(cfg.jobs / cfg.jobClients / 2));
+    try {
+      jobs = await runJobBench(
+        {
+          proxy: { host: '127.0.0.1', port: proxy.port, user, password, database: db },
+          direct: { host: '127.0.0.1', port: cluster.port, user, password, database: db },
+          monitor: { host: '127.0.0.1', port: cluster.port, user, password, database: db },
+          count: cfg.jobs,
+          block: cfg.jobBlock,
+          concurrency: cfg.jobClients,
+          perClient,
+          jobSql: cfg.jobSql,
+        },
+        log,
+      );
+    } catch (err) {
+      jobsSkipped = (err as Error).message;
+      log(`part 3: FAILED: ${jobsSkipped}`);
+    }
+    // Leave nothing running behind (and report if jobs never finished).
+    const monitor = new pg.Client({ host: '127.0.0.1', port: cluster.port, user, password, database: db });
+    await monitor.connect();
+    const d = await drain(monitor, 30_000);
+    if (d.timedOut) log(`  warning: after part 3, still ${d.left}`);
+    if (jobs && !jobs.proxySkipped) {
+      const states = await monitor.query<{ state: string; n: string }>(`SELECT state, count(*) AS n FROM pgbg.jobs GROUP BY 1 ORDER BY 1`);
+      log(`  job states in the registry: ${states.rows.map((r) => `${r.state} ${r.n}`).join(', ')}`);
+      jobs.registryStates = Object.fromEntries(states.rows.map((r) => [r.state, Number(r.n)]));
+    }
+    await monitor.end();
+  }
+  log();
+
+  // ---- Report ---------------------------------------------------------------------------------
+  env.uptimeAtEnd = sh('uptime', []);
+  const durationS = (nowMs() - t0) / 1000;
+  const summary: Record<
+    string,
+    Record<string, { median: number; min: number; max: number; failed: number; errors: number; rounds: number[]; cpuPct: number; cpuUsPerTx: number }>
+  > = {};
+  for (const mode of cfg.modes) {
+    summary[mode] = {};
+    for (const t of targetNames) {
+      const rs = runs.filter((r) => r.mode === mode && r.target === t);
+      const tps = rs.map((r) => r.tps).filter(Number.isFinite);
+      summary[mode][t] = {
+        median: median(tps),
+        min: min(tps),
+        max: max(tps),
+        failed: rs.reduce((a, r) => a + r.failed, 0),
+        errors: rs.filter((r) => r.error).length,
+        rounds: rs.map((r) => r.tps),
+        cpuPct: median(rs.map((r) => r.cpuPct).filter(Number.isFinite)),
+        cpuUsPerTx: median(rs.map((r) => r.cpuUsPerTx).filter(Number.isFinite)),
+      };
+    }
+  }
+
+  log('='.repeat(100));
+  log(`RESULTS  (${env.postgres}; ${env.cpus} CPUs; load at start: ${env.loadavgAtStart.map((l) => l.toFixed(2)).join(', ')}; at end: ${os.loadavg().map((l) => l.toFixed(2)).join(', ')})`);
+  log();
+  log(`pgbench -S -c ${cfg.clients} -j ${cfg.threads} -T ${cfg.seconds}, ${cfg.rounds} rounds per target and mode, scale ${cfg.scale}; tps without initial connection time`);
+  if (bouncerSkipped) log(`pgbouncer rows skipped: ${bouncerSkipped.split('\n')[0]}`);
+  const rows: string[][] = [];
+  for (const mode of cfg.modes) {
+    for (const t of targetNames) {
+      const s = summary[mode][t];
+      rows.push([
+        mode,
+        t,
+        fmt(s.median),
+        fmt(s.min),
+        fmt(s.max),
+        String(s.failed) + (s.errors ? ` (${s.errors} runs with errors)` : ''),
+        t === 'direct' ? '-' : fmt(s.cpuPct),
+        t === 'direct' ? '-' : fmt(s.cpuUsPerTx, 1),
+      ]);
+    }
+  }
+  log(table(['mode', 'target', 'median tps', 'min tps', 'max tps', 'failed tx', 'middle CPU %', 'CPU us/tx'], rows));
+  log('(middle CPU: the proxy or PgBouncer process, median over rounds; % of one core; us of its CPU per transaction)');
+  log();
+  const ratioRows = cfg.modes.map((mode) => {
+    const s = summary[mode];
+    const p = s.proxy?.median ?? NaN;
+    const d = s.direct?.median ?? NaN;
+    const b = s.pgbouncer?.median ?? NaN;
+    return [mode, fmt(ratio(p, d), 3), fmt(ratio(p, b), 3), fmt(ratio(b, d), 3)];
+  });
+  log(table(['mode', 'proxy/direct', 'proxy/pgbouncer', 'pgbouncer/direct'], ratioRows));
+  log('(ratios of medians)');
+  log();
+
+  let scrapeSummary: Record<string, unknown> = { skipped: scrape.skipped };
+  if (!scrape.skipped) {
+    const off = median(scrape.off);
+    const on = median(scrape.on);
+    scrapeSummary = {
+      tpsWithout: scrape.off,
+      tpsWith: scrape.on,
+      medianWithout: off,
+      medianWith: on,
+      ratio: ratio(on, off),
+      scrapes: scrape.stats.scrapes,
+      scrapeErrors: scrape.stats.errors,
+      scrapeBytes: scrape.stats.bytes,
+      scrapeMsP50: median(scrape.stats.ms),
+      scrapeMsP99: percentile(scrape.stats.ms, 99),
+      proxyCpuUsPerTxWithout: scrape.cpu.off,
+      proxyCpuUsPerTxWith: scrape.cpu.on,
+    };
+    log(`/metrics scrape cost: pgbench -S -M simple through the proxy, ${cfg.rounds} alternating rounds`);
+    log(
+      table(
+        ['scraping', 'median tps', 'min tps', 'max tps', 'proxy CPU us/tx'],
+        [
+          [`off`, fmt(off), fmt(min(scrape.off)), fmt(max(scrape.off)), fmt(median(scrape.cpu.off), 1)],
+          [`every ${cfg.scrapeMs} ms`, fmt(on), fmt(min(scrape.on)), fmt(max(scrape.on)), fmt(median(scrape.cpu.on), 1)],
+        ],
+      ),
+    );
+    log(
+      `ratio with/without: ${fmt(ratio(on, off), 3)}; ${scrape.stats.scrapes} scrapes (${scrape.stats.errors} errors), ` +
+        `${fmt(scrape.stats.bytes / 1024, 1)} KiB each, scrape time p50 ${fmt(median(scrape.stats.ms), 1)} ms / p99 ${fmt(percentile(scrape.stats.ms, 99), 1)} ms`,
+    );
+    log();
+  }
+
+  if (jobs) {
+    log(`time to job id (${cfg.jobs} sequential statements per kind, alternating blocks of ${cfg.jobBlock}; workers drained between blocks)`);
+    log(`  proxy:  ${jobs.proxyStatement}`);
+    log(`  direct: ${jobs.directStatement}`);
+    if (jobs.proxySkipped) log(`  proxy half SKIPPED: ${jobs.proxySkipped}`);
+    const jrows: string[][] = [];
+    for (const kind of ['proxy', 'direct'] as const) {
+      const s = jobs.sequential[kind];
+      const c = jobs.concurrent[kind];
+      if (!s) continue;
+      jrows.push([
+        kind === 'proxy' ? 'proxy, hinted' : 'direct, raw launch',
+        String(s.n),
+        fmt(s.p50Ms, 1),
+        fmt(s.p99Ms, 1),
+        fmt(s.meanMs, 1),
+        fmt(s.sequentialPerSecond, 1),
+        c ? fmt(c.perSecond, 1) : 'n/a',
+        String(s.errors + (c?.errors ?? 0)),
+      ]);
+    }
+    log(table(['kind', 'n', 'p50 ms', 'p99 ms', 'mean ms', 'jobs/s seq', `jobs/s ${cfg.jobClients} clients`, 'errors'], jrows));
+    for (const kind of ['proxy', 'direct'] as const) {
+      const e = jobs.sequential[kind]?.firstError ?? jobs.concurrent[kind]?.firstError;
+      if (e) log(`  first ${kind} error: ${e}`);
+    }
+    if (jobs.sequential.proxy && jobs.sequential.direct) {
+      log(
+        `  proxy/direct: p50 ${fmt(ratio(jobs.sequential.proxy.p50Ms, jobs.sequential.direct.p50Ms), 2)}x, ` +
+          `p50 difference ${fmt(jobs.sequential.proxy.p50Ms - jobs.sequential.direct.p50Ms, 1)} ms; ` +
+          `concurrent rate ${fmt(ratio(jobs.concurrent.proxy?.perSecond ?? NaN, jobs.concurrent.direct?.perSecond ?? NaN), 2)}x`,
+      );
+    }
+    log(`  longest wait for workers to finish between blocks: ${fmt(jobs.maxDrainMs)} ms${jobs.drainTimeouts ? ` (${jobs.drainTimeouts} timeouts)` : ''}`);
+    const states = jobs.registryStates;
+    if (states) log(`  final job states in pgbg.jobs: ${Object.entries(states).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    log();
+  } else if (jobsSkipped) {
+    log(`time to job id: SKIPPED (${jobsSkipped.split('\n')[0]})`);
+    log();
+  }
+  if (proxy.service.exited()) log(`WARNING: the proxy process exited during the run (${proxy.service.exitReason()}); see ${proxyLog}`);
+  log(`total run time: ${fmt(durationS, 1)} s; load at end: ${env.uptimeAtEnd}`);
+
+  const output = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    durationS,
+    environment: env,
+    proxyExit: proxy.service.exitReason(),
+    config: cfg,
+    pgbench: { targets: targetNames, pgbouncerSkipped: bouncerSkipped, summary, runs },
+    scrape: scrapeSummary,
+    timeToJobId: jobs ?? { skipped: jobsSkipped },
+  };
+  await fs.mkdir(path.dirname(cfg.out), { recursive: true });
+  await fs.writeFile(cfg.out, JSON.stringify(output, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+  log(`results written to ${path.relative(process.cwd(), cfg.out) || cfg.out}`);
+  const proxyErrors = tail(proxyLog, 8).trim();
+  if (proxyErrors && !proxyErrors.startsWith('(no log')) log(`proxy log ${proxyLog} (last lines; level warn and above):\n${proxyErrors}`);
+  return 0;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  console.error(`bench: ${(err as Error).stack ?? err}`);
+  code = 1;
+} finally {
+  await cleanupAll();
+}
+process.exit(code);

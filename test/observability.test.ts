@@ -1,0 +1,115 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import pg from 'pg';
+import { getCluster } from './harness/index.js';
+import { startTestProxy, type TestProxy } from './support/proxy.js';
+import { registryDatabase, submit, waitJob } from './support/jobs.js';
+
+const cluster = getCluster();
+let via: TestProxy;
+let db: string;
+let observer: pg.Client;
+
+beforeAll(async () => {
+  db = await registryDatabase(cluster);
+  via = await startTestProxy(cluster, { metricsListen: '127.0.0.1:0', jobs: { registryUrl: cluster.url('postgres', db), reconcileInterval: 500 } });
+  observer = await cluster.connect({ database: db });
+  await observer.query(`CREATE TABLE big (id int, pad text); ALTER TABLE big OWNER TO alice;`);
+});
+afterAll(async () => {
+  await observer?.end();
+  await via?.close();
+});
+
+async function scrape(): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${via.proxy.metricsPort}/metrics`);
+  expect(res.status).toBe(200);
+  return res.text();
+}
+
+function sample(text: string, name: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(name + '{') || line.startsWith(name + ' ')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+describe('Prometheus endpoint', () => {
+  it('shows in-flight jobs as the server sees them: 5 while 5 sleep, then 0, and 0 after a worker is terminated', async () => {
+    const client = await via.connect({ user: 'alice', database: db });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await submit(client, '/*+ background */ SELECT pg_sleep(4)'));
+    const text = await scrape();
+    expect(sample(text, 'pgbg_jobs_in_flight')).toBe(5);
+    expect(text).toMatch(/pgbg_jobs_in_flight\{database="[^"]+",user="alice",rule=""\} 5/);
+    const server = await observer.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid IN (SELECT worker_pid FROM pgbg.job WHERE id = ANY($1::bigint[]))', [ids]);
+    expect(server.rows[0].n).toBe(5);
+
+    const console = new pg.Client({ ...cluster.clientConfig({ user: 'postgres' }), port: via.port, database: 'pgbg' });
+    await console.connect();
+    const shown = await console.query('SHOW JOBS');
+    const running = shown.rows.filter((r) => ids.includes(String(r.id)));
+    expect(running).toHaveLength(5);
+    for (const r of running) {
+      expect(r.state).toBe('running');
+      expect(r.elapsed).toBeTruthy();
+      expect(Object.keys(r)).toEqual(expect.arrayContaining(['wait_event', 'phase', 'percent_done']));
+    }
+    for (const id of ids) expect((await waitJob(observer, id)).state).toBe('succeeded');
+    expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(0);
+    expect(sample(await scrape(), 'pgbg_jobs_finished_total')).toBeGreaterThanOrEqual(5);
+
+    const doomed = await submit(client, '/*+ background */ SELECT pg_sleep(30)');
+    expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(1);
+    const pid = (await observer.query('SELECT worker_pid FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].worker_pid;
+    await observer.query('SELECT pg_terminate_backend($1)', [pid]);
+    await new Promise((r) => setTimeout(r, 1500)); // one reconciliation interval and then some
+    expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(0);
+    expect((await observer.query('SELECT state FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].state).toMatch(/failed|lost/);
+
+    // Console: CANCEL JOB ends a job cancelled.
+    const victim = await submit(client, '/*+ background */ SELECT pg_sleep(30)');
+    const cancelled = await console.query(`CANCEL JOB ${victim}`);
+    expect(cancelled.rows[0]).toBeTruthy();
+    expect((await waitJob(observer, victim)).state).toBe('cancelled');
+    await console.end();
+    await client.end();
+  });
+
+  it('passes promtool check metrics, with bounded label values, and serves /healthz and /readyz', async () => {
+    const text = await scrape();
+    const promtool = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    if (promtool.error) throw new Error(`promtool is needed for this test (Debian package prometheus): ${promtool.error.message}`);
+    expect(promtool.stderr + promtool.stdout).toBe('');
+    expect(promtool.status).toBe(0);
+    for (const name of ['pgbg_client_connections', 'pgbg_upstream_connections', 'pgbg_bytes_total', 'pgbg_statements_total', 'pgbg_protocol_errors_total', 'pgbg_build_info', 'pgbg_worker_slots', 'pgbg_jobs_queued', 'pgbg_job_duration_seconds', 'pgbg_job_submit_seconds', 'pgbg_proxy_process_cpu_seconds_total']) {
+      expect(text).toContain(`# TYPE ${name.replace(/_total$/, '')}`);
+    }
+    expect(text).not.toMatch(/\{[^}]*(SELECT|pg_sleep|job_id=)/i);
+    expect(sample(text, 'pgbg_job_submit_seconds_count')).toBeGreaterThan(0);
+    expect((await fetch(`http://127.0.0.1:${via.proxy.metricsPort}/healthz`)).status).toBe(200);
+    const ready = await fetch(`http://127.0.0.1:${via.proxy.metricsPort}/readyz`);
+    expect(await ready.text()).toBe('ready\n');
+    expect(ready.status).toBe(200);
+  });
+
+  it('reports a rising percent in pgbg.jobs while a CREATE INDEX job runs', async () => {
+    await observer.query("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1500000) g");
+    const client = await via.connect({ user: 'alice', database: db });
+    const id = await submit(client, '/*+ background */ CREATE INDEX big_pad_idx ON big (pad)');
+    const seen: number[] = [];
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const r = await client.query('SELECT state, phase, percent_done FROM pgbg.jobs WHERE id = $1', [id]);
+      if (r.rows[0].state !== 'running' || Date.now() > deadline) break;
+      if (r.rows[0].percent_done !== null) seen.push(r.rows[0].percent_done);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    expect((await waitJob(observer, id)).state).toBe('succeeded');
+    console.log(`percent_done samples: ${seen.length}, first ${seen[0]}, max ${Math.max(...seen)}`);
+    expect(seen.length).toBeGreaterThanOrEqual(2);
+    expect(Math.max(...seen)).toBeGreaterThan(Math.min(...seen));
+    await client.end();
+  });
+});
