@@ -12,7 +12,7 @@ let observer: pg.Client;
 
 beforeAll(async () => {
   db = await registryDatabase(cluster);
-  via = await startTestProxy(cluster, { metricsListen: '127.0.0.1:0', jobs: { registryUrl: cluster.url('postgres', db), reconcileInterval: 500 } });
+  via = await startTestProxy(cluster, { metricsListen: '127.0.0.1:0', metricsSnapshotTtl: 0, jobs: { registryUrl: cluster.url('postgres', db), reconcileInterval: 500 } });
   observer = await cluster.connect({ database: db });
   await observer.query(`CREATE TABLE big (id int, pad text); ALTER TABLE big OWNER TO alice;`);
 });

@@ -70,6 +70,8 @@ export const configSchema = z
       .strict()
       .default({ host: '127.0.0.1', port: 5432, connectTimeout: 5000 }),
     metricsListen: hostPort.nullable().default(null),
+    /** Job metrics are read from the server at most once per this interval, however often scraped. */
+    metricsSnapshotTtl: duration.default(1000),
     limits: z
       .object({
         maxClients: z.number().int().min(1).default(1000),

@@ -2,6 +2,26 @@ import pg from 'pg';
 import { Gauge, Counter, Histogram, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
 
+interface GroupCount extends pg.QueryResultRow {
+  database: string;
+  owner: string;
+  rule: string | null;
+  n: string;
+}
+
+interface Snapshot {
+  inFlight: GroupCount[];
+  queued: GroupCount[];
+  slots: { max: string; used: string } | null;
+}
+
+/** Background workers draw on max_worker_processes; the other backend types listed do not. */
+const SLOTS_SQL = `SELECT current_setting('max_worker_processes') AS max,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
+                                    'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
+                                    'walreceiver', 'standalone backend')) AS used`;
+
 /**
  * Job metrics read from the server at scrape time, so they cannot drift from the truth after a
  * crash: in-flight means "a running job whose worker pid is alive in pg_stat_activity now".
@@ -14,26 +34,27 @@ export class JobMetrics {
   private readonly duration: Histogram<'database' | 'rule' | 'state'>;
   private primed = false;
   private readonly countedAbove = new Set<string>();
+  private current: Promise<Snapshot> | null = null;
+  private takenAt = 0;
 
   constructor(
     private readonly url: string,
     registry: Registry,
     private readonly log: Logger,
+    private readonly snapshotTtlMs = 1000,
   ) {
     const self = this;
+    const byGroup = (gauge: Gauge<'database' | 'user' | 'rule'>, rows: GroupCount[]) => {
+      gauge.reset();
+      for (const r of rows) gauge.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.n));
+    };
     new Gauge({
       name: 'pgbg_jobs_in_flight',
       help: 'Jobs whose pg_background worker is running now (read from pg_stat_activity at scrape time).',
       labelNames: ['database', 'user', 'rule'],
       registers: [registry],
       async collect() {
-        this.reset();
-        const rows = await self.query<{ database: string; owner: string; rule: string | null; n: string }>(
-          `SELECT j.database, j.owner, j.rule, count(*) AS n
-             FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
-            WHERE j.state = 'running' GROUP BY 1, 2, 3`,
-        );
-        for (const r of rows) this.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.n));
+        byGroup(this, (await self.snapshot()).inFlight);
       },
     });
     new Gauge({
@@ -42,11 +63,7 @@ export class JobMetrics {
       labelNames: ['database', 'user', 'rule'],
       registers: [registry],
       async collect() {
-        this.reset();
-        const rows = await self.query<{ database: string; owner: string; rule: string | null; n: string }>(
-          `SELECT database, owner, rule, count(*) AS n FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`,
-        );
-        for (const r of rows) this.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.n));
+        byGroup(this, (await self.snapshot()).queued);
       },
     });
     new Gauge({
@@ -55,17 +72,10 @@ export class JobMetrics {
       labelNames: ['kind'],
       registers: [registry],
       async collect() {
-        const rows = await self.query<{ max: string; used: string }>(
-          `SELECT current_setting('max_worker_processes') AS max,
-                  (SELECT count(*) FROM pg_stat_activity
-                    WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
-                                               'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
-                                               'walreceiver', 'standalone backend')) AS used`,
-        );
-        if (rows[0]) {
-          this.set({ kind: 'max' }, Number(rows[0].max));
-          this.set({ kind: 'used' }, Number(rows[0].used));
-        }
+        const slots = (await self.snapshot()).slots;
+        if (!slots) return;
+        this.set({ kind: 'max' }, Number(slots.max));
+        this.set({ kind: 'used' }, Number(slots.used));
       },
     });
     this.finished = new Counter({
@@ -74,7 +84,7 @@ export class JobMetrics {
       labelNames: ['database', 'rule', 'state'],
       registers: [registry],
       async collect() {
-        await self.collectFinished();
+        await self.snapshot();
       },
     });
     this.duration = new Histogram({
@@ -86,10 +96,41 @@ export class JobMetrics {
     });
   }
 
+  /**
+   * One read of the server per interval, shared by every metric and by concurrent scrapes: a
+   * scraper polling every 100 ms costs at most one set of queries per snapshotTtlMs, and the
+   * queries never overlap on the one connection.
+   */
+  snapshot(): Promise<Snapshot> {
+    const now = Date.now();
+    if (!this.current || now - this.takenAt >= this.snapshotTtlMs) {
+      this.takenAt = now;
+      this.current = this.load();
+    }
+    return this.current;
+  }
+
+  private async load(): Promise<Snapshot> {
+    const inFlight = await this.query<GroupCount>(
+      `SELECT j.database, j.owner, j.rule, count(*) AS n
+         FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
+        WHERE j.state = 'running' GROUP BY 1, 2, 3`,
+    );
+    const queued = await this.query<GroupCount>(`SELECT database, owner, rule, count(*) AS n FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`);
+    const slots = await this.query<{ max: string; used: string }>(SLOTS_SQL);
+    await this.collectFinished();
+    return { inFlight, queued, slots: slots[0] ?? null };
+  }
+
   private async collectFinished(): Promise<void> {
     if (!this.primed) {
-      const r = await this.query<{ max: string | null }>('SELECT max(id) AS max FROM pgbg.job');
-      this.lastFinishedId = BigInt(r[0]?.max ?? 0);
+      // Jobs already finished when this proxy started are not counted; active ones will be.
+      const r = await this.query<{ cursor: string | null }>(
+        `SELECT COALESCE((SELECT min(id) - 1 FROM pgbg.job WHERE state IN ('queued', 'running')), (SELECT max(id) FROM pgbg.job), 0)::text AS cursor`,
+      );
+      this.lastFinishedId = BigInt(r[0]?.cursor ?? 0);
+      const done = await this.query<{ id: string }>(`SELECT id::text FROM pgbg.job WHERE id > $1 AND state NOT IN ('queued', 'running')`, [this.lastFinishedId.toString()]);
+      for (const d of done) this.countedAbove.add(d.id);
       this.primed = true;
     }
     // Each job is counted once, when first seen terminal. The cursor advances over the

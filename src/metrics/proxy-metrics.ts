@@ -20,6 +20,11 @@ export class ProxyMetrics implements SessionObserver {
 
   constructor(version: string, clientCount: () => number) {
     collectDefaultMetrics({ register: this.registry, prefix: 'pgbg_proxy_' });
+    // prom-client names these gauges *_total, which the exposition-format lint rejects; the
+    // un-suffixed nodejs_active_handles/requests/resources gauges carry the same numbers.
+    for (const name of ['active_handles_total', 'active_requests_total', 'active_resources_total']) {
+      this.registry.removeSingleMetric(`pgbg_proxy_nodejs_${name}`);
+    }
     new Gauge({
       name: 'pgbg_build_info',
       help: 'Build information of this pgbg-proxy (always 1).',

@@ -421,17 +421,26 @@ DECLARE
   v_owner name;
   v_state text;
   v_wstart timestamptz;
+  v_transactional boolean;
   v_lstart timestamptz;
 BEGIN
-  SELECT j.owner INTO v_owner FROM pgbg.job j WHERE j.id = mark_launched.job_id;
+  SELECT j.owner, j.transactional INTO v_owner, v_transactional FROM pgbg.job j WHERE j.id = mark_launched.job_id;
   IF NOT FOUND OR NOT pgbg._may_manage(v_owner) THEN
     RAISE EXCEPTION 'job % does not exist', mark_launched.job_id USING ERRCODE = '42704';
   END IF;
   IF mark_launched.api IS NOT NULL AND mark_launched.api NOT IN (1, 2) THEN
     RAISE EXCEPTION 'api must be 1 or 2' USING ERRCODE = '22023';
   END IF;
-  PERFORM pg_stat_clear_snapshot();
-  SELECT a.backend_start INTO v_wstart FROM pg_stat_activity a WHERE a.pid = mark_launched.worker_pid;
+  -- The worker shows in pg_stat_activity only once it has attached to the database: give it a
+  -- few milliseconds, so reconciliation can tell this worker from a later process with its pid.
+  FOR i IN 1..40 LOOP
+    PERFORM pg_stat_clear_snapshot();
+    SELECT a.backend_start INTO v_wstart FROM pg_stat_activity a WHERE a.pid = mark_launched.worker_pid;
+    -- A transactional job's worker waits for this transaction's commit, so it is still there;
+    -- a supervised one may already have finished, and then there is nothing to wait for.
+    EXIT WHEN v_wstart IS NOT NULL OR NOT v_transactional;
+    PERFORM pg_sleep(0.005);
+  END LOOP;
   SELECT a.backend_start INTO v_lstart FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
 
   UPDATE pgbg.job j
@@ -769,6 +778,9 @@ BEGIN
        AND j.transactional
        AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
        AND j.worker_pid IS NOT NULL
+       -- A worker launched a moment ago may not be in pg_stat_activity yet (that is also why
+       -- worker_start can be NULL): such a job gets a grace period before it can be judged.
+       AND (j.worker_start IS NOT NULL OR j.started_at < clock_timestamp() - interval '10 seconds')
        AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                         WHERE a.pid = j.worker_pid
                           AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))
@@ -787,6 +799,9 @@ BEGIN
      WHERE j.state = 'running'
        AND NOT j.transactional
        AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       -- A worker launched a moment ago may not be in pg_stat_activity yet (that is also why
+       -- worker_start can be NULL): such a job gets a grace period before it can be judged.
+       AND (j.worker_start IS NOT NULL OR j.started_at < clock_timestamp() - interval '10 seconds')
        AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                         WHERE a.pid = j.worker_pid
                           AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))
