@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { getCluster } from './harness/index.js';
 import { startTestProxy, type TestProxy } from './support/proxy.js';
@@ -92,6 +93,18 @@ describe('Prometheus endpoint', () => {
     const ready = await fetch(`http://127.0.0.1:${via.proxy.metricsPort}/readyz`);
     expect(await ready.text()).toBe('ready\n');
     expect(ready.status).toBe(200);
+  });
+
+  it('ships a Grafana dashboard and alert rules that use only metrics the proxy exports', async () => {
+    const text = await scrape();
+    const exported = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
+    const dashboard = readFileSync('config/grafana/pgbg-proxy-dashboard.json', 'utf8');
+    const rules = readFileSync('config/prometheus/pgbg-alerts.yml', 'utf8');
+    const used = new Set([...`${dashboard}\n${rules}`.matchAll(/pgbg_[a-z_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')));
+    expect(used.size).toBeGreaterThan(5);
+    for (const name of used) expect(exported.has(name) || exported.has(name.replace(/_total$/, '')), name).toBe(true);
+    const check = spawnSync('promtool', ['check', 'rules', 'config/prometheus/pgbg-alerts.yml'], { encoding: 'utf8' });
+    expect(check.status, check.stderr + check.stdout).toBe(0);
   });
 
   it('reports a rising percent in pgbg.jobs while a CREATE INDEX job runs', async () => {

@@ -133,6 +133,22 @@ describe('backgrounded statements (acceptance 1-3)', () => {
   });
 });
 
+describe('hint options', () => {
+  it('timeout= ends an overrunning job failed with 57014; key= refuses a second active job with the same key', async () => {
+    const client = await alice();
+    const slow = await submit(client, '/*+ background(timeout=300ms) */ SELECT pg_sleep(5)');
+    expect(await waitJob(observer, slow)).toMatchObject({ state: 'failed', sqlstate: '57014' });
+
+    const keyed = await submit(client, '/*+ background(key=nightly-42) */ SELECT pg_sleep(2)');
+    const dup = await pgErrorOf(client.query('/*+ background(key=nightly-42) */ SELECT 1'));
+    expect(dup.code).toBe('23505');
+    expect(dup.detail).toContain(keyed);
+    expect((await waitJob(observer, keyed)).state).toBe('succeeded');
+    expect(await submit(client, '/*+ background(key=nightly-42) */ SELECT 1')).not.toBe(keyed);
+    await client.end();
+  });
+});
+
 describe('errors the client sees at once, with no job created', () => {
   async function jobCount(): Promise<number> {
     return (await observer.query('SELECT count(*)::int AS n FROM pgbg.job')).rows[0].n;
