@@ -8,9 +8,7 @@ import type { SessionObserver } from '../session/session-observer.js';
  */
 export class ProxyMetrics implements SessionObserver {
   readonly registry = new Registry();
-  private readonly clientConnections: Gauge;
   private readonly upstreamConnections: Gauge;
-  private readonly bytesTotal: Counter<'direction'>;
   private readonly statementsTotal: Counter<'action'>;
   private readonly protocolErrors: Counter<'reason'>;
   private readonly submitSeconds: Histogram;
@@ -31,7 +29,7 @@ export class ProxyMetrics implements SessionObserver {
       labelNames: ['version', 'node'],
       registers: [this.registry],
     }).set({ version, node: process.version }, 1);
-    this.clientConnections = new Gauge({
+    new Gauge({
       name: 'pgbg_client_connections',
       help: 'Client connections with a session (including adopted sessions kept for their jobs).',
       registers: [this.registry],
@@ -45,7 +43,7 @@ export class ProxyMetrics implements SessionObserver {
       registers: [this.registry],
     });
     const pending = this.bytesPending;
-    this.bytesTotal = new Counter({
+    new Counter({
       name: 'pgbg_bytes_total',
       help: 'Bytes relayed, by direction.',
       labelNames: ['direction'],

@@ -9,6 +9,7 @@ import pg from 'pg';
 import { eventually, freePort, getCluster } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { frame, int32, startupPacket } from '../support/wire.js';
+import { prng } from '../support/prng.js';
 
 const cluster = getCluster();
 let via: TestProxy;
@@ -20,17 +21,6 @@ let steadyRuns = 0;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** mulberry32: seeded, so random inputs are the same on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function randomBytes(seed: number, n: number): Buffer {
   const rnd = prng(seed);
   const b = Buffer.alloc(n);

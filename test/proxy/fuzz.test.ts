@@ -14,6 +14,7 @@ import { validateConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log/logger.js';
 import { startProxy, type RunningProxy } from '../../src/proxy.js';
 import { eventually, getCluster } from '../harness/index.js';
+import { prng } from '../support/prng.js';
 
 const SEED = Number(process.env.PGBG_FUZZ_SEED ?? Math.floor(Math.random() * 0x7fffffff));
 const TARGET_MESSAGES = Number(process.env.PGBG_FUZZ_MESSAGES ?? 12_000);
@@ -26,17 +27,6 @@ let port: number;
 let db: string;
 const logLines: { level: number; msg: string; reason?: string; err?: unknown }[] = [];
 
-/** mulberry32 */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Gen {
   constructor(readonly rnd: () => number) {}

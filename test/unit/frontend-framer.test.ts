@@ -1,18 +1,8 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FrontendFramer } from '../../src/protocol/frontend-framer.js';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
+import { prng } from '../support/prng.js';
 
-/** mulberry32: small seeded PRNG so a failing case can be replayed from the printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SEED = Number(process.env.PGBG_FRAMER_SEED ?? (Date.now() & 0x7fffffff));
 console.log(`[frontend-framer.test] seed ${SEED} (replay with PGBG_FRAMER_SEED=${SEED})`);
