@@ -1,8 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
-import { runStart } from './start.js';
-import { runCheckConfig } from './check-config.js';
-import { runMigrate } from './migrate.js';
 
 interface Command {
   summary: string;
@@ -37,7 +34,8 @@ Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PG
 Flags win over environment variables, which win over the file.
 Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
     options: { ...configOptions, migrate: { type: 'boolean' } },
-    run: (v) => runStart(configFrom(v), () => configFrom(v)),
+    // Commands load their modules on use, so --help and check-config start fast.
+    run: async (v) => (await import('./start.js')).runStart(configFrom(v), () => configFrom(v)),
   },
   'check-config': {
     summary: 'validate a configuration file and its rules, then exit',
@@ -46,7 +44,7 @@ Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.gra
 Exits 0 and prints a summary when the configuration is valid; otherwise prints every
 invalid key with what is wrong and exits 1.`,
     options: configOptions,
-    run: (v) => runCheckConfig(configFrom(v), v.config as string | undefined),
+    run: async (v) => (await import('./check-config.js')).runCheckConfig(configFrom(v), v.config as string | undefined),
   },
   migrate: {
     summary: 'create or upgrade the pgbg job registry in a database',
@@ -55,7 +53,7 @@ invalid key with what is wrong and exits 1.`,
   --database URL   postgres://SUPERUSER@HOST:PORT/DBNAME (the password may come from PGPASSWORD)
 Idempotent: running it again on a current registry changes nothing.`,
     options: { database: { type: 'string', short: 'd' }, help: { type: 'boolean', short: 'h' } },
-    run: (v) => runMigrate(v.database as string | undefined),
+    run: async (v) => (await import('./migrate.js')).runMigrate(v.database as string | undefined),
   },
 };
 
