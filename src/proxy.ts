@@ -69,7 +69,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const listener = await startListener(config, {
     log,
     router: () => router,
-    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused) : null,
+    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, () => current.jobs.maxInFlight) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
   });

@@ -19,6 +19,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     private readonly log: Logger,
     /** PAUSE on the admin console: no new launches until RESUME. */
     private readonly isPaused: () => boolean = () => false,
+    /** Jobs in flight on the server at most (jobs.maxInFlight); beyond it jobs queue. */
+    private readonly maxInFlight: () => number | null = () => null,
   ) {}
 
   async describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]> {
@@ -61,16 +63,23 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     };
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, worker_pid, cookie, api FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8)',
-      [statement, plan.kind, String(plan.transactional), plan.rule, JSON.stringify(options), plan.options.priority?.toString() ?? null, plan.options.key ?? null, ctx.sessionId],
+      'SELECT job_id, state, worker_pid, cookie, api FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)',
+      [
+        statement,
+        plan.kind,
+        String(plan.transactional),
+        plan.rule,
+        JSON.stringify(options),
+        plan.options.priority?.toString() ?? null,
+        plan.options.key ?? null,
+        ctx.sessionId,
+        this.maxInFlight()?.toString() ?? null,
+      ],
     );
     const err = serverError(result);
     if (err) throw explainSubmitError(err, ctx.database);
     const [jobId, state, workerPid, cookie, api] = result.rows[0] as string[];
-    const job: SubmittedJob = { jobId: BigInt(jobId), state };
-    if (!plan.transactional && workerPid) {
-      job.supervised = { jobId: job.jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
-    }
+    const job = asSubmitted(BigInt(jobId), state, workerPid, cookie, api, plan.transactional);
     this.log.info(
       {
         event: 'job_submitted',
@@ -89,9 +98,35 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     return job;
   }
 
+  async launchQueued(channel: SessionChannel, jobId: bigint): Promise<SubmittedJob | null> {
+    if (this.isPaused()) return null;
+    const r = await runStatement(
+      channel,
+      'SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional FROM pgbg.launch_if_admitted($1, $2) l, pgbg.job j WHERE j.id = $1',
+      [jobId.toString(), this.maxInFlight()?.toString() ?? null],
+    );
+    const err = serverError(r);
+    if (err) {
+      this.log.warn({ event: 'job_launch_failed', job_id: jobId.toString(), sqlstate: err.code, err: err.message }, 'queued job could not be launched; will retry');
+      return null;
+    }
+    const [state, workerPid, cookie, api, transactional] = (r.rows[0] ?? []) as string[];
+    if (!state || state === 'queued') return null;
+    if (workerPid) this.log.info({ event: 'job_launched', job_id: jobId.toString(), worker_pid: Number(workerPid) }, 'queued job launched');
+    return asSubmitted(jobId, state, workerPid, cookie, api, transactional === 't');
+  }
+
   poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean> {
     return superviseStep(channel, worker, this.log);
   }
+}
+
+function asSubmitted(jobId: bigint, state: string, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SubmittedJob {
+  const job: SubmittedJob = { jobId, state };
+  if (!transactional && workerPid) {
+    job.supervised = { jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
+  }
+  return job;
 }
 
 /** The errors whose server wording does not tell the user what to do. */

@@ -27,6 +27,11 @@ export interface JobSubmitter {
   describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]>;
   /** Records, launches and returns the job; throws PgError for anything the client must see now. */
   submit(channel: SessionChannel, plan: JobPlan, params: BoundParams | null, ctx: SubmitContext): Promise<SubmittedJob>;
+  /**
+   * Tries to launch a job this session left queued (the in-flight limit was reached); resolves
+   * with the job once it is no longer queued (launched, or ended meanwhile), or null.
+   */
+  launchQueued(channel: SessionChannel, jobId: bigint): Promise<SubmittedJob | null>;
   /** Polls a supervised worker; true once its outcome is recorded. */
   poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean>;
 }

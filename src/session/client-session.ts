@@ -93,6 +93,8 @@ export class ClientSession implements BackendStreamSink {
   private realKey = 0;
   private proxyKey: { pid: number; key: number } | null = null;
   readonly supervised = new Map<bigint, SupervisedWorker>();
+  /** Jobs of this session waiting for a slot: launched from here, as the client's role, when admitted. */
+  readonly queued = new Set<bigint>();
   private superviseTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
@@ -137,6 +139,10 @@ export class ClientSession implements BackendStreamSink {
   /** Idle: the server owes no answers and the proxy runs nothing of its own. */
   get idle(): boolean {
     return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary;
+  }
+  /** Jobs this session must still launch (queued) or read the outcome of (supervised). */
+  get hasPendingJobs(): boolean {
+    return this.supervised.size > 0 || this.queued.size > 0;
   }
   get adopted(): boolean {
     return this.clientGone && this.phase !== 'closed';
@@ -236,7 +242,7 @@ export class ClientSession implements BackendStreamSink {
       case X:
         this.flushOutbound();
         // A session still supervising jobs outlives its client (adopted): keep the server session.
-        if (this.supervised.size === 0) this.upstream?.end(msg);
+        if (!this.hasPendingJobs) this.upstream?.end(msg);
         this.client.end();
         return;
       case F:
@@ -466,6 +472,10 @@ export class ClientSession implements BackendStreamSink {
     });
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
+    if (job.state === 'queued') {
+      this.queued.add(job.jobId);
+      this.scheduleSupervision();
+    }
     if (job.supervised) {
       this.supervised.set(job.jobId, job.supervised);
       this.scheduleSupervision();
@@ -536,7 +546,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private scheduleSupervision(): void {
-    if (this.superviseTimer || this.supervised.size === 0 || !this.deps.jobs) return;
+    if (this.superviseTimer || (this.supervised.size === 0 && this.queued.size === 0) || !this.deps.jobs) return;
     this.superviseTimer = setTimeout(() => {
       this.superviseTimer = null;
       this.superviseOnce();
@@ -554,6 +564,12 @@ export class ClientSession implements BackendStreamSink {
     this.superviseDue = false;
     const jobs = this.deps.jobs;
     this.runLocal(async () => {
+      for (const jobId of [...this.queued]) {
+        const launched = await jobs.launchQueued(this.channel, jobId);
+        if (!launched) continue;
+        this.queued.delete(jobId);
+        if (launched.supervised) this.supervised.set(jobId, launched.supervised);
+      }
       for (const worker of [...this.supervised.values()]) {
         if (await jobs.poll(this.channel, worker)) this.supervised.delete(worker.jobId);
       }
@@ -690,6 +706,7 @@ export class ClientSession implements BackendStreamSink {
     }
     this.clientGone = true;
     this.supervised.clear();
+    this.queued.clear();
     this.close();
   }
 
@@ -701,7 +718,7 @@ export class ClientSession implements BackendStreamSink {
 
   /** Ends the session when idle (graceful shutdown); returns whether it did. */
   closeIfIdle(): boolean {
-    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && this.supervised.size === 0) {
+    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && !this.hasPendingJobs) {
       this.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
       return true;
     }
@@ -715,9 +732,9 @@ export class ClientSession implements BackendStreamSink {
     this.local.portals.clear();
     this.held = [];
     this.heldBytes = 0;
-    if (this.supervised.size > 0 && this.phase === 'ready') {
+    if (this.hasPendingJobs && this.phase === 'ready') {
       // Adopted: the upstream session outlives its client until its supervised jobs end.
-      this.deps.log.info({ session: this.id, jobs: [...this.supervised.keys()].map(String) }, 'client left; keeping session for its jobs');
+      this.deps.log.info({ session: this.id, jobs: [...this.supervised.keys(), ...this.queued].map(String) }, 'client left; keeping session for its jobs');
       this.unpause('client');
       this.afterClientLeft();
       return;
@@ -738,7 +755,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private maybeFinishAdopted(): void {
-    if (this.clientGone && this.phase === 'ready' && this.supervised.size === 0 && this.idle) this.close();
+    if (this.clientGone && this.phase === 'ready' && !this.hasPendingJobs && this.idle) this.close();
   }
 
   private onUpstreamClosed(): void {

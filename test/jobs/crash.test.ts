@@ -64,4 +64,37 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
     expect(second.output()).toMatch(/job lost|job_lost/);
     await second.kill('SIGTERM');
   });
+
+  it('queued jobs of a killed proxy end lost, never launched twice; running ones still succeed', async () => {
+    const upstream = `${cluster.host}:${cluster.port}`;
+    const first = await startChildProxy(['--upstream', upstream, '--log-level', 'warn', '--max-in-flight', '1']);
+    children.push(first);
+    const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: first.port });
+    client.on('error', () => {});
+    await client.connect();
+    const running = await submit(client, '/*+ background */ UPDATE crash SET v = v + 1 WHERE pg_sleep(0.01) IS NOT NULL');
+    const queued = [await submit(client, '/*+ background */ UPDATE crash SET v = v + 100'), await submit(client, '/*+ background */ SELECT 1')];
+    expect(Object.values(await states(queued))).toEqual(['queued', 'queued']);
+    expect(await first.kill('SIGKILL')).toBeNull();
+
+    const second = await startChildProxy(['--upstream', upstream, '--log-level', 'info'], { PGBG_REGISTRY_URL: cluster.url('postgres', db) });
+    children.push(second);
+    const all = [running, ...queued];
+    const deadline = Date.now() + 30_000;
+    let now: Record<string, string> = {};
+    while (Date.now() < deadline) {
+      now = await states(all);
+      if (!Object.values(now).some((st) => st === 'queued' || st === 'running')) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(now[running]).toBe('succeeded');
+    const lost = await observer.query('SELECT state, lost_reason, attempts, worker_pid FROM pgbg.jobs WHERE id = ANY($1::bigint[])', [queued]);
+    for (const job of lost.rows) {
+      expect(job).toMatchObject({ state: 'lost', attempts: 0, worker_pid: null });
+      expect(job.lost_reason).toMatch(/before the job was launched/);
+    }
+    // The UPDATE of the lost job never ran: only the running job's +1 per row.
+    expect((await observer.query('SELECT max(v)::int AS m FROM crash')).rows[0].m).toBeLessThan(100);
+    await second.kill('SIGTERM');
+  });
 });

@@ -499,16 +499,58 @@ $fn$;
 -- statement_timeout does not cut background work short).
 -- SECURITY INVOKER and no SET clause on purpose: the worker runs as the launching role and must
 -- inherit the caller's search_path, not a pinned one. Every name is qualified.
-CREATE FUNCTION pgbg.submit_and_launch(
-  statement text,
-  kind text,
-  transactional boolean,
-  rule text DEFAULT NULL,
-  options jsonb DEFAULT NULL,
-  priority integer DEFAULT NULL,
-  idem_key text DEFAULT NULL,
-  session_id text DEFAULT NULL,
-  OUT job_id bigint,
+-- Jobs in flight as the server sees them now: pg_background workers anywhere on the server,
+-- or (with a stand-in, whose workers are client backends) this registry's running jobs whose
+-- worker is alive. A worker launched a moment ago may not show yet: count it for 10 s.
+CREATE FUNCTION pgbg.in_flight() RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+BEGIN
+  PERFORM pg_stat_clear_snapshot();
+  RETURN GREATEST(
+    (SELECT count(*) FROM pg_stat_activity a WHERE a.backend_type = 'pg_background'),
+    (SELECT count(*) FROM pgbg.job j
+      WHERE j.state = 'running'
+        AND (EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.worker_pid)
+             OR (j.worker_start IS NULL AND j.started_at > clock_timestamp() - interval '10 seconds'))))::integer;
+END
+$fn$;
+
+-- Queued jobs that go before this one (higher priority, or the same priority and older) and
+-- can still be launched (their launching session is alive). Definer: it reads every owner's queue.
+CREATE FUNCTION pgbg._queued_ahead(job_id bigint) RETURNS integer
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  SELECT count(*)::integer
+    FROM pgbg.job me, pgbg.job q
+   WHERE me.id = _queued_ahead.job_id
+     AND q.state = 'queued' AND q.id <> me.id
+     AND (q.priority > me.priority OR (q.priority = me.priority AND q.id < me.id))
+     AND EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.pid = q.launcher_pid AND (q.launcher_start IS NULL OR a.backend_start = q.launcher_start))
+$fn$;
+
+-- Whether the job may launch now under the limit. Serialised per database by an advisory lock
+-- held to the end of the caller's transaction, so two sessions cannot both take the last slot.
+CREATE FUNCTION pgbg.admit(job_id bigint, max_in_flight integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+BEGIN
+  IF admit.max_in_flight IS NULL THEN
+    RETURN true;
+  END IF;
+  PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, 0);
+  RETURN pgbg.in_flight() OPERATOR(pg_catalog.<) admit.max_in_flight
+     AND pgbg._queued_ahead(admit.job_id) OPERATOR(pg_catalog.=) 0;
+END
+$fn$;
+
+-- Launches a queued job of the caller's, as the caller (SECURITY INVOKER: the worker gets the
+-- caller's role). Used for a new job and for a queued one whose turn has come.
+CREATE FUNCTION pgbg.launch_job(
+  job_id bigint,
   OUT state text,
   OUT worker_pid integer,
   OUT cookie bigint,
@@ -519,21 +561,20 @@ AS $fn$
 DECLARE
   v_info record;
   v_sql text;
-  v_transactional boolean := COALESCE(submit_and_launch.transactional, true);
-  v_timeout text := COALESCE(submit_and_launch.options OPERATOR(pg_catalog.->>) 'timeout_ms', '0');
+  v_job record;
+  v_timeout text;
   v_old_timeout text := pg_catalog.current_setting('statement_timeout');
 BEGIN
+  SELECT j.transactional, j.options INTO v_job FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) launch_job.job_id;
+  v_timeout := COALESCE(v_job.options OPERATOR(pg_catalog.->>) 'timeout_ms', '0');
   IF v_timeout !~ '^[0-9]+$' THEN
     RAISE EXCEPTION 'options.timeout_ms must be a whole number of milliseconds, not %', v_timeout
       USING ERRCODE = '22023';
   END IF;
-  job_id := pgbg.submit(submit_and_launch.statement, submit_and_launch.kind, v_transactional, NOT v_transactional,
-                        submit_and_launch.rule, submit_and_launch.options, submit_and_launch.priority,
-                        submit_and_launch.idem_key, submit_and_launch.session_id);
   SELECT * INTO v_info FROM pgbg.pg_background_info();
-  v_sql := pgbg.launch_sql(job_id);
-  IF v_transactional THEN
-    PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, (job_id OPERATOR(pg_catalog.%) 2147483647)::integer);
+  v_sql := pgbg.launch_sql(launch_job.job_id);
+  IF v_job.transactional THEN
+    PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, (launch_job.job_id OPERATOR(pg_catalog.%) 2147483647)::integer);
   END IF;
 
   PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
@@ -552,7 +593,7 @@ BEGIN
   -- A transactional job records its own outcome: stop tracking its worker in this session
   -- (pg_background.max_workers counts tracked workers). A supervised job stays tracked: this
   -- session must read its result.
-  IF v_transactional THEN
+  IF v_job.transactional THEN
     IF api = 2 AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach_v2(integer,bigint)') IS NOT NULL
        AND pg_catalog.has_function_privilege(pg_catalog.quote_ident(v_info.fn_schema) OPERATOR(pg_catalog.||) '.pg_background_detach_v2(integer,bigint)', 'EXECUTE') THEN
       EXECUTE pg_catalog.format('SELECT %I.pg_background_detach_v2($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
@@ -562,8 +603,63 @@ BEGIN
     END IF;
   END IF;
 
-  PERFORM pgbg.mark_launched(job_id, worker_pid, cookie, api);
-  SELECT j.state INTO state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) submit_and_launch.job_id;
+  PERFORM pgbg.mark_launched(launch_job.job_id, worker_pid, cookie, api);
+  SELECT j.state INTO state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) launch_job.job_id;
+END
+$fn$;
+
+-- A queued job of the caller's, launched if the limit admits it now, otherwise left queued.
+-- A job that is no longer queued (cancelled meanwhile, marked lost) is reported as it is.
+CREATE FUNCTION pgbg.launch_if_admitted(
+  job_id bigint,
+  max_in_flight integer,
+  OUT state text,
+  OUT worker_pid integer,
+  OUT cookie bigint,
+  OUT api integer)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+BEGIN
+  SELECT j.state INTO state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) launch_if_admitted.job_id;
+  IF state IS DISTINCT FROM 'queued' OR NOT pgbg.admit(launch_if_admitted.job_id, launch_if_admitted.max_in_flight) THEN
+    RETURN;
+  END IF;
+  SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
+END
+$fn$;
+
+-- Records a job and launches it at once, or leaves it queued when max_in_flight (if given) is
+-- reached: one transaction, so a failed launch leaves no job behind.
+CREATE FUNCTION pgbg.submit_and_launch(
+  statement text,
+  kind text,
+  transactional boolean,
+  rule text DEFAULT NULL,
+  options jsonb DEFAULT NULL,
+  priority integer DEFAULT NULL,
+  idem_key text DEFAULT NULL,
+  session_id text DEFAULT NULL,
+  max_in_flight integer DEFAULT NULL,
+  OUT job_id bigint,
+  OUT state text,
+  OUT worker_pid integer,
+  OUT cookie bigint,
+  OUT api integer)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+DECLARE
+  v_transactional boolean := COALESCE(submit_and_launch.transactional, true);
+BEGIN
+  job_id := pgbg.submit(submit_and_launch.statement, submit_and_launch.kind, v_transactional, NOT v_transactional,
+                        submit_and_launch.rule, submit_and_launch.options, submit_and_launch.priority,
+                        submit_and_launch.idem_key, submit_and_launch.session_id);
+  IF NOT pgbg.admit(job_id, submit_and_launch.max_in_flight) THEN
+    state := 'queued';
+    RETURN;
+  END IF;
+  SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
 END
 $fn$;
 
@@ -1068,7 +1164,10 @@ REVOKE ALL ON FUNCTION
   pgbg._wait_blocker(bigint, boolean),
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
-  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text),
+  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text, integer),
+  pgbg.launch_job(bigint),
+  pgbg.launch_if_admitted(bigint, integer),
+  pgbg.admit(bigint, integer),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),
@@ -1085,7 +1184,10 @@ REVOKE ALL ON PROCEDURE pgbg.await(bigint, interval, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
-  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text),
+  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text, integer),
+  pgbg.launch_job(bigint),
+  pgbg.launch_if_admitted(bigint, integer),
+  pgbg.admit(bigint, integer),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),

@@ -1,0 +1,86 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { getCluster } from '../harness/index.js';
+import { startTestProxy, type TestProxy } from '../support/proxy.js';
+import { registryDatabase, submit, waitJob } from '../support/jobs.js';
+
+const cluster = getCluster();
+let via: TestProxy;
+let db: string;
+let observer: pg.Client;
+
+beforeAll(async () => {
+  db = await registryDatabase(cluster);
+  via = await startTestProxy(cluster, { jobs: { maxInFlight: 4, supervisePoll: 50 } });
+  observer = await cluster.connect({ database: db });
+});
+afterAll(async () => {
+  await observer?.end();
+  await via?.close();
+});
+
+describe('in-flight limit and the durable queue (scheduling acceptance 1)', () => {
+  it('never runs more than 4 workers for 50 jobs from 10 clients; all succeed; higher priority starts first', async () => {
+    const clients = await Promise.all(Array.from({ length: 10 }, () => via.connect({ user: 'alice', database: db })));
+    let maxSeen = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const r = await observer.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity a
+            WHERE a.pid IN (SELECT worker_pid FROM pgbg.job WHERE state = 'running' AND worker_pid IS NOT NULL)`,
+        );
+        maxSeen = Math.max(maxSeen, r.rows[0].n);
+        await new Promise((res) => setTimeout(res, 50));
+      }
+    })();
+
+    const low: string[] = [];
+    const answers: string[] = [];
+    await Promise.all(
+      clients.slice(0, 9).map(async (c) => {
+        for (let i = 0; i < 5; i++) {
+          const r = await c.query('/*+ background */ SELECT pg_sleep(0.3)');
+          low.push(String(r.rows[0].job_id));
+          answers.push(r.rows[0].state);
+        }
+      }),
+    );
+    const high: string[] = [];
+    for (let i = 0; i < 5; i++) high.push(await submit(clients[9], '/*+ background(priority=10) */ SELECT pg_sleep(0.3)'));
+    expect(answers.filter((s) => s === 'queued').length).toBeGreaterThan(30);
+
+    const all = [...low, ...high];
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const r = await observer.query("SELECT count(*)::int AS n FROM pgbg.job WHERE id = ANY($1::bigint[]) AND state IN ('queued', 'running')", [all]);
+      if (r.rows[0].n === 0 || Date.now() > deadline) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    sampling = false;
+    await sampler;
+    const states = await observer.query('SELECT state, count(*)::int AS n FROM pgbg.job WHERE id = ANY($1::bigint[]) GROUP BY state', [all]);
+    expect(states.rows).toEqual([{ state: 'succeeded', n: 50 }]);
+    console.log(`max workers seen at once: ${maxSeen}`);
+    expect(maxSeen).toBeLessThanOrEqual(4);
+    expect(maxSeen).toBeGreaterThanOrEqual(2);
+    const started = await observer.query('SELECT max(started_at) FILTER (WHERE id = ANY($1::bigint[])) AS high_last, max(started_at) FILTER (WHERE id = ANY($2::bigint[])) AS low_last FROM pgbg.job', [high, low]);
+    expect(new Date(started.rows[0].high_last).getTime()).toBeLessThan(new Date(started.rows[0].low_last).getTime());
+    const attempts = await observer.query('SELECT max(attempts)::int AS m FROM pgbg.job WHERE id = ANY($1::bigint[])', [all]);
+    expect(attempts.rows[0].m).toBe(1); // none launched twice
+    await Promise.all(clients.map((c) => c.end()));
+  });
+
+  it('a queued job can be cancelled before it runs', async () => {
+    const blocker = await via.connect({ user: 'alice', database: db });
+    const fill: string[] = [];
+    for (let i = 0; i < 4; i++) fill.push(await submit(blocker, '/*+ background */ SELECT pg_sleep(1.5)'));
+    const r = await blocker.query('/*+ background */ SELECT 1');
+    expect(r.rows[0].state).toBe('queued');
+    const queued = String(r.rows[0].job_id);
+    expect((await blocker.query('SELECT pgbg.cancel($1)', [queued])).rows[0].cancel).toBe(true);
+    expect((await waitJob(observer, queued)).state).toBe('cancelled');
+    for (const id of fill) expect((await waitJob(observer, id)).state).toBe('succeeded');
+    await blocker.end();
+  });
+});
