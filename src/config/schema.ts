@@ -109,7 +109,7 @@ export const configSchema = z
         supervisePoll: duration.default(200),
         /** Refuse (25001) a matched statement inside a client's transaction block, or run it in the foreground. */
         inTransaction: z.enum(['reject', 'foreground']).default('reject'),
-        /** Jobs in flight on the server at once; null derives it from max_worker_processes. */
+        /** Jobs in flight on the server at once; over it jobs queue. null: no cap in the proxy. */
         maxInFlight: z.number().int().min(1).nullable().default(null),
       })
       .strict()
