@@ -84,3 +84,44 @@ describe('in-flight limit and the durable queue (scheduling acceptance 1)', () =
     await blocker.end();
   });
 });
+
+describe('worker slots taken by other workers (scheduling acceptance 2)', () => {
+  it('queues submissions instead of failing while max_worker_processes is used up, and runs them when slots free', async () => {
+    // A cluster of its own: filling its worker slots must not disturb other test files.
+    const { startCluster } = await import('../harness/cluster.js');
+    const small = await startCluster({ settings: { max_worker_processes: '6', max_connections: '30' } });
+    const smallProxy = await startTestProxy(small, { jobs: { maxInFlight: 50, supervisePoll: 100 } });
+    try {
+      const sdb = await registryDatabase(small);
+      const filler = await small.connect({ database: sdb });
+      await filler.query("SET pg_background.max_workers = 100");
+      // Connected first: with the stand-in, whose workers are connections, filling the slots
+      // also leaves no connection to spare.
+      const client = await smallProxy.connect({ user: 'alice', database: sdb });
+      const watcher = await small.connect({ database: sdb });
+      // Other work takes every slot: raw pg_background workers (or, with the stand-in, the
+      // connections it uses as workers), launched until the server refuses.
+      let others = 0;
+      for (; others < 40; others++) {
+        const r = await filler.query("SELECT pg_background_launch_v2('SELECT pg_sleep(3)') AS h").catch((e) => e);
+        if (r instanceof Error) {
+          expect(['53000', '53300', '53400']).toContain((r as any).code);
+          break;
+        }
+      }
+      expect(others).toBeGreaterThan(0);
+      const r = await client.query('/*+ background */ SELECT 42');
+      expect(r.rows[0].state).toBe('queued');
+      // The other work goes away (real workers finish their sleep; the stand-in's worker
+      // connections close with the session that holds their handles).
+      await filler.end();
+      const job = await waitJob(watcher, String(r.rows[0].job_id), '60 s');
+      expect(job.state).toBe('succeeded');
+      await watcher.end();
+      await client.end();
+    } finally {
+      await smallProxy.close();
+      await small.stop();
+    }
+  });
+});

@@ -625,7 +625,11 @@ BEGIN
   IF state IS DISTINCT FROM 'queued' OR NOT pgbg.admit(launch_if_admitted.job_id, launch_if_admitted.max_in_flight) THEN
     RETURN;
   END IF;
-  SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
+  BEGIN
+    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
+  EXCEPTION WHEN insufficient_resources OR configuration_limit_exceeded THEN
+    state := 'queued'; -- no free worker slot after all: stay queued, try again later
+  END;
 END
 $fn$;
 
@@ -659,7 +663,17 @@ BEGIN
     state := 'queued';
     RETURN;
   END IF;
-  SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
+  IF submit_and_launch.max_in_flight IS NULL THEN
+    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
+    RETURN;
+  END IF;
+  -- Queue mode: worker slots taken by other workers (autovacuum, parallel query, replication)
+  -- make the job wait in the queue instead of failing.
+  BEGIN
+    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
+  EXCEPTION WHEN insufficient_resources OR configuration_limit_exceeded THEN
+    state := 'queued';
+  END;
 END
 $fn$;
 
