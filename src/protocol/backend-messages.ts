@@ -3,17 +3,7 @@
  * never rebuilt: they travel as the bytes the server sent.
  */
 
-function frame(type: string, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = type.charCodeAt(0);
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-function cstr(s: string): Buffer {
-  return Buffer.concat([Buffer.from(s, 'utf8'), Buffer.from([0])]);
-}
+import { cstr, frame, int16, int32 } from './message-encoding.js';
 
 export interface ErrorFields {
   severity?: 'ERROR' | 'FATAL' | 'WARNING' | 'NOTICE';
@@ -126,16 +116,6 @@ export function backendKeyData(pid: number, key: number): Buffer {
   return frame('K', b);
 }
 
-function int16(n: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeInt16BE(n);
-  return b;
-}
-function int32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n);
-  return b;
-}
 
 /** Encodes a bigint value in text or binary format. */
 export function encodeInt8(value: bigint, format: number): Buffer {

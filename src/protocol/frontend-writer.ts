@@ -1,24 +1,6 @@
 /** Frontend messages the proxy writes on a client's upstream session for its own statements. */
 
-function message(type: string, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = type.charCodeAt(0);
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
-
-const cstr = (s: string) => Buffer.from(s + '\0', 'utf8');
-function int16(n: number): Buffer {
-  const b = Buffer.allocUnsafe(2);
-  b.writeInt16BE(n);
-  return b;
-}
-function int32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeInt32BE(n);
-  return b;
-}
+import { cstr, frame as message, int16, int32 } from './message-encoding.js';
 
 export function query(sql: string): Buffer {
   return message('Q', cstr(sql));

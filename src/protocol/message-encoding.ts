@@ -1,0 +1,27 @@
+/** The pieces every protocol message is built from, in both directions. */
+
+/** Type byte, int32 length (counting itself), body. */
+export function frame(type: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = type.charCodeAt(0);
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+/** A NUL-terminated UTF-8 string. */
+export function cstr(s: string): Buffer {
+  return Buffer.from(s + '\0', 'utf8');
+}
+
+export function int16(n: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeInt16BE(n);
+  return b;
+}
+
+export function int32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeInt32BE(n);
+  return b;
+}
