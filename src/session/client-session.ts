@@ -17,8 +17,8 @@ import { SqlState } from '../protocol/sqlstate.js';
 import { connectUpstream, sendCancel, type UpstreamAddress } from '../upstream/connect.js';
 import type { Exchange, SessionChannel } from '../upstream/channel.js';
 import type { CancelKeys } from '../listener/cancel-keys.js';
-import type { RoutingContext, StatementRouter, Route } from '../rules/route.js';
-import type { JobSubmitter, SupervisedWorker, SubmittedJob } from '../jobs/submitter.js';
+import type { RoutingContext, StatementRouter } from '../rules/route.js';
+import type { BoundParams, JobSubmitter, SupervisedWorker, SubmittedJob } from '../jobs/submitter.js';
 import type { JobPlan } from '../jobs/plan.js';
 import { ExchangeCollector } from './exchange-collector.js';
 import { OutboundBatch } from './outbound-batch.js';
@@ -461,7 +461,7 @@ export class ClientSession implements BackendStreamSink {
     this.skipUntilSync = true;
   }
 
-  private async submit(plan: JobPlan, params: import('../jobs/submitter.js').BoundParams | null): Promise<SubmittedJob> {
+  private async submit(plan: JobPlan, params: BoundParams | null): Promise<SubmittedJob> {
     if (!this.deps.jobs) throw jobsDisabled();
     const started = performance.now();
     const job = await this.deps.jobs.submit(this.channel, plan, params, {
@@ -613,9 +613,7 @@ export class ClientSession implements BackendStreamSink {
       this.relay(message);
       return;
     }
-    if (this.collector?.take(message)) {
-      /* resolved */
-    }
+    this.collector?.take(message);
   }
 
   private onAuthMessage(type: number, message: Buffer): void {
@@ -828,4 +826,3 @@ function toPgError(err: unknown, log: Logger, session: string): PgError {
   return new PgError(SqlState.InternalError, `pgbg-proxy: ${(err as Error).message ?? String(err)}`);
 }
 
-export type { Route };

@@ -1,4 +1,4 @@
-import { INT8, TEXT, dataRow, formatFor, rowDescription, commandComplete } from '../protocol/backend-messages.js';
+import { INT8, TEXT, dataRow, encodeInt8, formatFor, rowDescription, commandComplete } from '../protocol/backend-messages.js';
 import type { SubmittedJob } from '../jobs/submitter.js';
 
 /** The row a backgrounded statement answers with: its job id and the state it is in now. */
@@ -12,15 +12,7 @@ export function jobRowDescription(resultFormats: number[] = []): Buffer {
 }
 
 export function jobRow(job: SubmittedJob, resultFormats: number[] = []): Buffer {
-  const id =
-    formatFor(resultFormats, 0) === 1
-      ? (() => {
-          const b = Buffer.alloc(8);
-          b.writeBigInt64BE(job.jobId);
-          return b;
-        })()
-      : Buffer.from(job.jobId.toString());
-  return dataRow([id, Buffer.from(job.state)]);
+  return dataRow([encodeInt8(job.jobId, formatFor(resultFormats, 0)), Buffer.from(job.state)]);
 }
 
 export const jobCommandComplete = (): Buffer => commandComplete('SELECT 1');
