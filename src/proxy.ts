@@ -49,12 +49,12 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   if (config.jobs.enabled) await loadSqlParser();
   if (config.jobs.migrateOnStart) await migrateRegistry(config, log);
   let router = routerFor(config);
-  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log) : null;
+  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout) : null;
   reconciler?.start();
   let current = config;
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
-  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, config.metricsSnapshotTtl) : null;
+  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, config.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
   const pause = new PauseSwitch();
   pause.exportTo(metrics.registry);
   const controls = createAdminControls({

@@ -6,7 +6,7 @@ import { SqlState } from '../protocol/sqlstate.js';
 import { admitAdmin } from './admin-auth.js';
 import { ConsoleSession } from './console-session.js';
 import type { AdminControls } from './controls.js';
-import { RegistryConnection } from './registry-connection.js';
+import { RegistryConnection } from '../jobs/registry-connection.js';
 
 export interface AdminConsoleOptions {
   controls: AdminControls;
@@ -33,6 +33,8 @@ export class AdminConsole {
       () => controls.config().jobs.registryUrl,
       () => controls.config().upstream.connectTimeout,
       options.log,
+      // a console command must never hang on a lock in the registry
+      { applicationName: 'pgbg-proxy admin console', statementTimeoutMs: 30_000 },
     );
   }
 

@@ -5,7 +5,7 @@ import { SqlState } from '../protocol/sqlstate.js';
 import type { AdminIdentity } from './admin-auth.js';
 import type { AdminControls, MetricSnapshot } from './controls.js';
 import { listJobs, JOB_COLUMNS } from './job-listing.js';
-import type { RegistryConnection } from './registry-connection.js';
+import type { RegistryConnection } from '../jobs/registry-connection.js';
 import { columns, type Cell, type ResultColumn, type ResultSet } from './result-set.js';
 
 /** A console session as SHOW CLIENTS lists it beside the listener's client sessions. */

@@ -1,4 +1,4 @@
-import type { RegistryConnection } from './registry-connection.js';
+import type { RegistryConnection } from '../jobs/registry-connection.js';
 import { columns, type Cell, type ResultSet } from './result-set.js';
 
 /** How many finished jobs SHOW JOBS lists after the active ones (most recent first). */

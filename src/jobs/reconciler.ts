@@ -1,5 +1,5 @@
-import pg from 'pg';
 import type { Logger } from 'pino';
+import { RegistryConnection } from './registry-connection.js';
 
 /**
  * Periodically asks the registry database to mark jobs whose worker vanished without an outcome
@@ -8,16 +8,19 @@ import type { Logger } from 'pino';
  */
 export class Reconciler {
   private timer: NodeJS.Timeout | null = null;
-  private client: pg.Client | null = null;
+  private readonly registry: RegistryConnection;
   private stopped = false;
   lastRunAt: Date | null = null;
   lastError: string | null = null;
 
   constructor(
-    private readonly url: string,
+    url: string,
     private intervalMs: number,
     private readonly log: Logger,
-  ) {}
+    connectTimeoutMs = 5000,
+  ) {
+    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy reconciler' });
+  }
 
   start(): void {
     void this.tick();
@@ -29,12 +32,11 @@ export class Reconciler {
 
   /** One pass; returns the number of jobs marked lost. */
   async runOnce(): Promise<number> {
-    const client = await this.connection();
-    const since = await client.query<{ t: Date }>('SELECT clock_timestamp() AS t');
-    const r = await client.query<{ n: number }>('SELECT pgbg.reconcile() AS n');
+    const since = await this.registry.query<{ t: Date }>('SELECT clock_timestamp() AS t');
+    const r = await this.registry.query<{ n: number }>('SELECT pgbg.reconcile() AS n');
     const changed = Number(r.rows[0]?.n ?? 0);
     if (changed > 0) {
-      const lost = await client.query<{ id: string; lost_reason: string }>(
+      const lost = await this.registry.query<{ id: string; lost_reason: string }>(
         "SELECT id::text, lost_reason FROM pgbg.job WHERE state = 'lost' AND finished_at >= $1",
         [since.rows[0].t],
       );
@@ -53,27 +55,13 @@ export class Reconciler {
       if (this.stopped) return;
       this.lastError = (err as Error).message;
       this.log.warn({ err: this.lastError }, 'reconciliation failed; will retry');
-      this.client?.end().catch(() => {});
-      this.client = null;
     }
     if (!this.stopped) this.timer = setTimeout(() => void this.tick(), this.intervalMs);
-  }
-
-  private async connection(): Promise<pg.Client> {
-    if (this.client) return this.client;
-    const client = new pg.Client({ connectionString: this.url, application_name: 'pgbg-proxy reconciler' });
-    client.on('error', () => {
-      if (this.client === client) this.client = null;
-    });
-    await client.connect();
-    this.client = client;
-    return client;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.client?.end().catch(() => {});
-    this.client = null;
+    await this.registry.close();
   }
 }

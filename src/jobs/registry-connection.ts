@@ -3,14 +3,22 @@ import type { Logger } from 'pino';
 import { PgError } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 
+export interface RegistryConnectionOptions {
+  /** Shown in pg_stat_activity: who in the proxy this connection serves. */
+  applicationName: string;
+  /** A bound on each statement, for users that must never hang on a lock. */
+  statementTimeoutMs?: number;
+}
+
 /**
- * The console's connection to the job registry database (jobs.registryUrl). The admin's own
- * authenticated session sits in admin.authDatabase, not in the registry database, so job data
- * comes through this operator connection instead: the role in registryUrl is meant to be a
- * pgbg_admin member, which sees every job through the registry's row-level security.
+ * The proxy's own connection to the job registry database (jobs.registryUrl), as the operator
+ * role there (meant to be a pgbg_admin member, which sees every job through the registry's
+ * row-level security). Used by the admin console, the reconciler and the job metrics, each with
+ * its own connection.
  *
- * One connection, opened on first use and shared by every console session, which take turns.
- * It follows jobs.registryUrl across RELOADs and is reopened after a failure.
+ * One connection, opened on first use; its users take turns (pg.Client's own queueing of
+ * concurrent queries is deprecated). It follows the URL getter across reloads and is reopened
+ * after a failure.
  */
 export class RegistryConnection {
   private client: pg.Client | null = null;
@@ -22,11 +30,11 @@ export class RegistryConnection {
     private readonly url: () => string | null,
     private readonly connectTimeoutMs: () => number,
     private readonly log: Logger,
+    private readonly options: RegistryConnectionOptions,
   ) {}
 
   /** Runs one statement; every failure becomes a PgError the console can show. */
   query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
-    // One statement at a time: pg.Client's own queueing of concurrent queries is deprecated.
     const run = this.tail.then(async () => {
       const client = await this.connection();
       try {
@@ -50,7 +58,7 @@ export class RegistryConnection {
     if (!url) {
       throw new PgError(
         SqlState.ObjectNotInPrerequisiteState,
-        'jobs.registryUrl is not set: the admin console cannot read the job registry',
+        `jobs.registryUrl is not set: the ${this.options.applicationName} cannot read the job registry`,
         undefined,
         'Set jobs.registryUrl (or PGBG_REGISTRY_URL) to a connection string of a pgbg_admin role in the registry database, then RELOAD.',
       );
@@ -63,13 +71,12 @@ export class RegistryConnection {
   private async open(url: string): Promise<pg.Client> {
     const client = new pg.Client({
       connectionString: url,
-      application_name: 'pgbg-proxy admin console',
+      application_name: this.options.applicationName,
       connectionTimeoutMillis: this.connectTimeoutMs(),
-      // a console command must never hang on a lock in the registry
-      statement_timeout: 30_000,
+      statement_timeout: this.options.statementTimeoutMs,
     });
     client.on('error', (err) => {
-      this.log.warn({ err: err.message }, 'admin console: registry connection lost');
+      this.log.warn({ err: err.message, connection: this.options.applicationName }, 'registry connection lost');
       if (this.client === client) {
         this.client = null;
         this.connectedUrl = null;

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { Gauge, Counter, Histogram, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
+import { RegistryConnection } from '../jobs/registry-connection.js';
 
 interface GroupCount extends pg.QueryResultRow {
   database: string;
@@ -28,7 +29,7 @@ const SLOTS_SQL = `SELECT current_setting('max_worker_processes') AS max,
  * Finished totals count state changes seen since this proxy started (monotonic per process).
  */
 export class JobMetrics {
-  private client: pg.Client | null = null;
+  private readonly registry: RegistryConnection;
   private lastFinishedId = 0n;
   private readonly finished: Counter<'database' | 'rule' | 'state'>;
   private readonly duration: Histogram<'database' | 'rule' | 'state'>;
@@ -38,11 +39,13 @@ export class JobMetrics {
   private takenAt = 0;
 
   constructor(
-    private readonly url: string,
-    registry: Registry,
+    url: string,
+    metricsRegistry: Registry,
     private readonly log: Logger,
     private readonly snapshotTtlMs = 1000,
+    connectTimeoutMs = 5000,
   ) {
+    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy metrics' });
     const self = this;
     const byGroup = (gauge: Gauge<'database' | 'user' | 'rule'>, rows: GroupCount[]) => {
       gauge.reset();
@@ -52,7 +55,7 @@ export class JobMetrics {
       name: 'pgbg_jobs_in_flight',
       help: 'Jobs whose pg_background worker is running now (read from pg_stat_activity at scrape time).',
       labelNames: ['database', 'user', 'rule'],
-      registers: [registry],
+      registers: [metricsRegistry],
       async collect() {
         byGroup(this, (await self.snapshot()).inFlight);
       },
@@ -61,7 +64,7 @@ export class JobMetrics {
       name: 'pgbg_jobs_queued',
       help: 'Jobs recorded but not launched yet.',
       labelNames: ['database', 'user', 'rule'],
-      registers: [registry],
+      registers: [metricsRegistry],
       async collect() {
         byGroup(this, (await self.snapshot()).queued);
       },
@@ -70,7 +73,7 @@ export class JobMetrics {
       name: 'pgbg_worker_slots',
       help: 'Background worker slots of the server: the max_worker_processes limit and the slots in use by any background worker.',
       labelNames: ['kind'],
-      registers: [registry],
+      registers: [metricsRegistry],
       async collect() {
         const slots = (await self.snapshot()).slots;
         if (!slots) return;
@@ -82,7 +85,7 @@ export class JobMetrics {
       name: 'pgbg_jobs_finished_total',
       help: 'Jobs that reached a terminal state, seen since this proxy started.',
       labelNames: ['database', 'rule', 'state'],
-      registers: [registry],
+      registers: [metricsRegistry],
       async collect() {
         await self.snapshot();
       },
@@ -92,7 +95,7 @@ export class JobMetrics {
       help: 'Run time of finished jobs (started to finished).',
       labelNames: ['database', 'rule', 'state'],
       buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400],
-      registers: [registry],
+      registers: [metricsRegistry],
     });
   }
 
@@ -158,26 +161,17 @@ export class JobMetrics {
     }
   }
 
+  /** A failed read shows as no rows; the scrape goes on and the next snapshot tries again. */
   private async query<R extends pg.QueryResultRow>(sql: string, values: unknown[] = []): Promise<R[]> {
     try {
-      if (!this.client) {
-        const c = new pg.Client({ connectionString: this.url, application_name: 'pgbg-proxy metrics' });
-        c.on('error', () => {
-          if (this.client === c) this.client = null;
-        });
-        await c.connect();
-        this.client = c;
-      }
-      return (await this.client.query<R>(sql, values)).rows;
+      return (await this.registry.query<R>(sql, values)).rows;
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, 'metrics query failed');
-      this.client?.end().catch(() => {});
-      this.client = null;
       return [];
     }
   }
 
   async close(): Promise<void> {
-    await this.client?.end().catch(() => {});
+    await this.registry.close();
   }
 }
