@@ -7,6 +7,7 @@ import { forwardAll } from './rules/forward-all.js';
 import { JobRouter } from './rules/job-router.js';
 import { loadSqlParser } from './rules/sql-parser.js';
 import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
+import { schedulingPolicy } from './jobs/scheduling-policy.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
@@ -69,7 +70,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const listener = await startListener(config, {
     log,
     router: () => router,
-    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, () => current.jobs.maxInFlight) : null,
+    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, schedulingPolicy(() => current)) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
   });

@@ -162,9 +162,9 @@ describe('commands', () => {
     try {
       await alice.query('BEGIN');
       const r = await admin.query('SHOW CLIENTS');
-      expect(r.fields.map((f) => f.name)).toEqual(['id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle', 'adopted', 'supervised_jobs']);
+      expect(r.fields.map((f) => f.name)).toEqual(['id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle', 'adopted', 'pending_jobs']);
       const client = r.rows.find((row) => row.kind === 'client' && row.user === 'alice');
-      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, supervised_jobs: 0 });
+      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, pending_jobs: 0 });
       expect(new Date(client.started_at).getTime()).toBeGreaterThan(Date.now() - 60_000);
       expect(r.rows.find((row) => row.kind === 'admin')).toMatchObject({ user: 'postgres', database: 'pgbg', application_name: 'admin-test' });
     } finally {
@@ -302,7 +302,7 @@ describe('jobs', () => {
       for (let i = 0; i < 100; i++) {
         const jobs = await admin.query('SHOW JOBS');
         expect(jobs.fields.map((f) => f.name)).toEqual([
-          'id', 'state', 'user', 'database', 'rule', 'kind', 'submitted_at', 'started_at', 'elapsed',
+          'id', 'state', 'user', 'database', 'rule', 'kind', 'priority', 'queue_position', 'not_before', 'attempts', 'submitted_at', 'started_at', 'elapsed',
           'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error',
         ]);
         row = jobs.rows.find((r) => r.id === jobId);

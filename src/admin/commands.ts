@@ -43,7 +43,7 @@ export interface AdminCommand {
 const RESULT_COLUMNS = columns('result');
 const HELP_COLUMNS = columns('command', 'description');
 const RULE_COLUMNS = columns('name', 'action', 'kinds', 'pattern', 'databases', 'users', 'application_names', 'timeout', 'priority:int4');
-const CLIENT_COLUMNS = columns('id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle:bool', 'adopted:bool', 'supervised_jobs:int4');
+const CLIENT_COLUMNS = columns('id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle:bool', 'adopted:bool', 'pending_jobs:int4');
 const STATS_COLUMNS = columns('stat', 'labels', 'value:float8');
 const CONFIG_COLUMNS = columns('key', 'value');
 const CANCEL_COLUMNS = columns('cancelled:bool');
@@ -221,7 +221,7 @@ function ruleRow(rule: Rule): Cell[] {
 function clientRows(ctx: CommandContext): Cell[][] {
   const rows: Cell[][] = [];
   for (const s of ctx.controls.sessions()) {
-    rows.push([s.id, 'client', s.user, s.database, s.applicationName, new Date(s.startedAt).toISOString(), s.txStatus, s.idle, s.adopted, s.supervised.size]);
+    rows.push([s.id, 'client', s.user, s.database, s.applicationName, new Date(s.startedAt).toISOString(), s.txStatus, s.idle, s.adopted, s.pendingJobCount]);
   }
   const adminDb = ctx.controls.config().admin.database;
   for (const s of ctx.consoleSessions()) {

@@ -12,7 +12,8 @@ export interface ClientSessionInfo {
   readonly txStatus: 'I' | 'T' | 'E';
   readonly idle: boolean;
   readonly adopted: boolean;
-  readonly supervised: { readonly size: number };
+  /** Jobs the session still launches, retries or supervises. */
+  readonly pendingJobCount: number;
 }
 
 /** One metric as prom-client's registry.getMetricsAsJSON() gives it (the part SHOW STATS reads). */

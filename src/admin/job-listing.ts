@@ -14,6 +14,10 @@ export const JOB_COLUMNS = columns(
   'database',
   'rule',
   'kind',
+  'priority:int4',
+  'queue_position:int4',
+  'not_before',
+  'attempts:int4',
   'submitted_at',
   'started_at',
   'elapsed',
@@ -46,6 +50,10 @@ SELECT j.id::text AS id,
        j.database::text AS database,
        j.rule,
        j.kind,
+       j.priority,
+       CASE WHEN j.state = 'queued' THEN pgbg.queue_position(j.id) END AS queue_position,
+       CASE WHEN j.state = 'queued' THEN j.not_before::text END AS not_before,
+       j.attempts,
        j.submitted_at::text AS submitted_at,
        j.started_at::text AS started_at,
        pg_catalog.date_trunc('millisecond', COALESCE(j.finished_at, pg_catalog.clock_timestamp()) - j.started_at)::text AS elapsed,
@@ -63,10 +71,12 @@ SELECT j.id::text AS id,
         AND (j.worker_start IS NULL OR a.backend_start = j.worker_start)
   LEFT JOIN pgbg.worker_progress p ON p.pid = a.pid
  ORDER BY (j.state IN ('queued', 'running')) DESC,
+          j.state = 'queued',
+          CASE WHEN j.state = 'queued' THEN pgbg.queue_position(j.id) END,
           CASE WHEN j.state IN ('queued', 'running') THEN j.id END,
           j.finished_at DESC NULLS LAST, j.id DESC`;
 
-const KEYS = ['id', 'state', 'user', 'database', 'rule', 'kind', 'submitted_at', 'started_at', 'elapsed', 'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error'] as const;
+const KEYS = ['id', 'state', 'user', 'database', 'rule', 'kind', 'priority', 'queue_position', 'not_before', 'attempts', 'submitted_at', 'started_at', 'elapsed', 'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error'] as const;
 
 /** SHOW JOBS. */
 export async function listJobs(registry: RegistryConnection): Promise<ResultSet> {

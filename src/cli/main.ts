@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
+import { ConfigError, inFlightValue, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
 
 interface Command {
   summary: string;
@@ -22,15 +22,18 @@ export const commands: Record<string, Command> = {
   start: {
     summary: 'run the proxy',
     usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--upstream HOST:PORT]
-                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--migrate]
+                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N] [--migrate]
 
   --config FILE            YAML configuration (see config/pgbg-proxy.yaml)
   --listen HOST:PORT       where clients connect (default 127.0.0.1:6432)
   --upstream HOST:PORT     the PostgreSQL server (default 127.0.0.1:5432)
   --metrics-listen H:P     serve /metrics, /healthz, /readyz over HTTP
   --log-level LEVEL        fatal, error, warn, info, debug, trace, silent
+  --max-in-flight N        background jobs running on the server at once; more wait queued
+                           (a number, auto = from max_worker_processes, or unlimited)
   --migrate                create or upgrade the pgbg schema (jobs.registryUrl) before serving
-Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE.
+Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
+PGBG_MAX_IN_FLIGHT.
 Flags win over environment variables, which win over the file.
 Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
     options: { ...configOptions, migrate: { type: 'boolean' } },
@@ -64,7 +67,7 @@ function configFrom(values: Record<string, string | boolean | undefined>) {
     metricsListen: values['metrics-listen'] as string | undefined,
     logLevel: values['log-level'] as string | undefined,
     migrateOnStart: values.migrate === true ? true : undefined,
-    maxInFlight: values['max-in-flight'] !== undefined ? Number(values['max-in-flight']) : undefined,
+    maxInFlight: values['max-in-flight'] !== undefined ? inFlightValue(values['max-in-flight'] as string) : undefined,
   };
   return loadConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
 }

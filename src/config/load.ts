@@ -12,7 +12,7 @@ export interface ConfigOverrides {
   logLevel?: string;
   registryUrl?: string;
   migrateOnStart?: boolean;
-  maxInFlight?: number;
+  maxInFlight?: number | string;
 }
 
 const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
@@ -31,10 +31,15 @@ export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
     const value = env[envName];
     if (value === undefined || value === '') continue;
     if (key === 'migrateOnStart') out.migrateOnStart = /^(1|true|yes|on)$/i.test(value);
-    else if (key === 'maxInFlight') out.maxInFlight = Number(value);
+    else if (key === 'maxInFlight') out.maxInFlight = inFlightValue(value);
     else out[key as Exclude<keyof ConfigOverrides, "migrateOnStart" | "maxInFlight">] = value;
   }
   return out;
+}
+
+/** "auto" and "unlimited" stay words; anything else must be a number (the schema says which). */
+export function inFlightValue(value: string): number | string {
+  return /^(auto|unlimited)$/i.test(value.trim()) ? value.trim().toLowerCase() : Number(value);
 }
 
 /** Reads YAML (if a path is given), applies overrides, validates; throws ConfigError naming the key. */

@@ -38,6 +38,42 @@ const regex = z.string().transform((value, ctx) => {
   }
 });
 
+/** "HH:MM[:SS]-HH:MM[:SS]" local time; an end before the start spans midnight. */
+const timeWindow = z.string().transform((value, ctx) => {
+  const m = /^\s*(\d{1,2}:\d{2}(?::\d{2})?)\s*-\s*(\d{1,2}:\d{2}(?::\d{2})?)\s*$/.exec(value);
+  const valid = (t: string) => {
+    const [h, mi, se = 0] = t.split(':').map(Number);
+    return h < 24 && mi < 60 && se < 60;
+  };
+  if (!m || !valid(m[1]) || !valid(m[2])) {
+    ctx.addIssue({ code: 'custom', message: `expected a window such as "01:00-05:00" (local times, 24-hour clock), got "${value}"` });
+    return z.NEVER;
+  }
+  return { from: m[1], to: m[2] };
+});
+
+/** An IANA time zone name, checked against the zones Node knows (PostgreSQL's list is the same tz database). */
+const timeZone = z.string().superRefine((tz, ctx) => {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `unknown time zone "${tz}": use an IANA name such as Europe/Berlin or UTC` });
+  }
+});
+
+/** Jobs in flight at once: a number, "auto" (derived from max_worker_processes) or "unlimited". */
+const inFlightLimit = z.union([z.number().int().min(1), z.literal('auto'), z.literal('unlimited')]);
+
+const retrySchema = z
+  .object({
+    /** Attempts of a transactional job that fails with 40001, 40P01 or 55P03; 1 = no retry. */
+    maxAttempts: z.number().int().min(1).max(100).default(3),
+    /** Delay before the second attempt; doubles per attempt, with jitter (50-100% of it). */
+    baseDelay: duration.default(500),
+    maxDelay: duration.default(30000),
+  })
+  .strict();
+
 export const ruleSchema = z
   .object({
     name: z.string().min(1).max(63).regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only'),
@@ -55,6 +91,26 @@ export const ruleSchema = z
     action: z.enum(['background', 'foreground', 'reject']).default('background'),
     timeout: duration.optional(),
     priority: z.number().int().min(-1000).max(1000).optional(),
+    /** Jobs of this rule in flight at once (counted in the job's database's registry). */
+    maxInFlight: z.number().int().min(1).optional(),
+    /** Matched jobs start only while this window is open; they wait queued otherwise. */
+    window: timeWindow.optional(),
+    /** Time zone of the window; default UTC. */
+    timeZone: timeZone.default('UTC'),
+    /** Attempts on transient errors (40001, 40P01, 55P03); overrides jobs.retry.maxAttempts. */
+    maxAttempts: z.number().int().min(1).max(100).optional(),
+    /** When the client goes away: keep its queued jobs (the proxy launches them) or cancel them. */
+    onDisconnect: z.enum(['keep', 'cancel']).default('keep'),
+    /** Load-aware admission: hold launches while the server is this busy. */
+    holdWhileBusy: z
+      .object({
+        /** Hold while more client backends than this are running a statement. */
+        activeBackends: z.number().int().min(0).optional(),
+        /** Hold while fewer max_worker_processes slots than this are free. */
+        minFreeWorkers: z.number().int().min(0).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -109,8 +165,19 @@ export const configSchema = z
         supervisePoll: duration.default(200),
         /** Refuse (25001) a matched statement inside a client's transaction block, or run it in the foreground. */
         inTransaction: z.enum(['reject', 'foreground']).default('reject'),
-        /** Jobs in flight on the server at once; over it jobs queue. null: no cap in the proxy. */
-        maxInFlight: z.number().int().min(1).nullable().default(null),
+        /**
+         * Jobs in flight on the server at once; over it jobs queue. "auto": max_worker_processes
+         * less room for parallel query and logical replication. "unlimited": launch at once and
+         * let a launch without a free worker slot fail (53000/53400).
+         */
+        maxInFlight: inFlightLimit.default('auto'),
+        /** Per-database limits; the key "*" applies to databases not listed. */
+        maxInFlightPerDatabase: z.record(z.string(), z.number().int().min(1)).default({}),
+        /** Per-user limits; the key "*" applies to users not listed. */
+        maxInFlightPerUser: z.record(z.string(), z.number().int().min(1)).default({}),
+        /** Queued jobs per registry at most; a submission beyond it fails with 53400. */
+        maxQueued: z.number().int().min(0).default(1000),
+        retry: retrySchema.default({ maxAttempts: 3, baseDelay: 500, maxDelay: 30000 }),
       })
       .strict()
       .default({
@@ -120,7 +187,11 @@ export const configSchema = z
         reconcileInterval: 5000,
         supervisePoll: 200,
         inTransaction: 'reject',
-        maxInFlight: null,
+        maxInFlight: 'auto',
+        maxInFlightPerDatabase: {},
+        maxInFlightPerUser: {},
+        maxQueued: 1000,
+        retry: { maxAttempts: 3, baseDelay: 500, maxDelay: 30000 },
       }),
     rules: z.array(ruleSchema).default([]),
   })

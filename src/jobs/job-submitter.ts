@@ -3,7 +3,8 @@ import { PgError } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import type { SessionChannel } from '../upstream/channel.js';
 import type { JobPlan } from './plan.js';
-import type { BoundParams, JobSubmitter, SubmitContext, SubmittedJob, SupervisedWorker } from './submitter.js';
+import type { BoundParams, JobSubmitter, LaunchOutcome, SubmitContext, SubmittedJob, SupervisedWorker, WatchedJob } from './submitter.js';
+import type { SchedulingPolicy } from './scheduling-policy.js';
 import { describeStatement, runOrThrow, runStatement, serverError } from './upstream-sql.js';
 import { literalsFor, substitute } from './param-literals.js';
 import { superviseStep } from './supervise.js';
@@ -19,8 +20,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     private readonly log: Logger,
     /** PAUSE on the admin console: no new launches until RESUME. */
     private readonly isPaused: () => boolean = () => false,
-    /** Jobs in flight on the server at most (jobs.maxInFlight); beyond it jobs queue. */
-    private readonly maxInFlight: () => number | null = () => null,
+    /** Limits, queue bound and retries from the (reloadable) configuration. */
+    private readonly policy: SchedulingPolicy,
   ) {}
 
   async describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]> {
@@ -55,15 +56,22 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       // Simple protocol: nothing was checked at Parse time, so check now.
       await this.describe(channel, plan, []);
     }
+    const retry = this.policy.retry();
+    const maxAttempts = plan.transactional ? (plan.options.maxAttempts ?? retry.maxAttempts) : 1;
+    const window = plan.options.window;
     const options = {
       returns_rows: plan.returnsRows,
       rows_via: plan.rowsVia,
       timeout_ms: plan.options.timeoutMs,
       not_before: plan.options.notBefore,
+      max_attempts: maxAttempts,
+      retry_base_ms: retry.baseDelayMs,
+      retry_max_ms: retry.maxDelayMs,
+      window: window ? { from: window.from, to: window.to, time_zone: window.timeZone } : undefined,
     };
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, worker_pid, cookie, api FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)',
+      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::jsonb)',
       [
         statement,
         plan.kind,
@@ -73,13 +81,15 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         plan.options.priority?.toString() ?? null,
         plan.options.key ?? null,
         ctx.sessionId,
-        this.maxInFlight()?.toString() ?? null,
+        JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: plan.rule })),
       ],
     );
     const err = serverError(result);
     if (err) throw explainSubmitError(err, ctx.database);
-    const [jobId, state, workerPid, cookie, api] = result.rows[0] as string[];
-    const job = asSubmitted(BigInt(jobId), state, workerPid, cookie, api, plan.transactional);
+    const [jobId, state, workerPid, cookie, api, existing] = result.rows[0] as string[];
+    const job: SubmittedJob = { jobId: BigInt(jobId), state, maxAttempts, transactional: plan.transactional, existing: existing === 't' };
+    const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, plan.transactional);
+    if (supervised) job.supervised = supervised;
     this.log.info(
       {
         event: 'job_submitted',
@@ -90,6 +100,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         kind: plan.kind,
         rule: plan.rule,
         state,
+        existing: existing === 't',
         worker_pid: workerPid ? Number(workerPid) : null,
         submit_ms: Number(process.hrtime.bigint() - started) / 1e6,
       },
@@ -98,22 +109,36 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     return job;
   }
 
-  async launchQueued(channel: SessionChannel, jobId: bigint): Promise<SubmittedJob | null> {
-    if (this.isPaused()) return null;
-    const r = await runStatement(
-      channel,
-      'SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional FROM pgbg.launch_if_admitted($1, $2) l, pgbg.job j WHERE j.id = $1',
-      [jobId.toString(), this.maxInFlight()?.toString() ?? null],
-    );
+  async launchQueued(channel: SessionChannel, job: WatchedJob, ctx: SubmitContext): Promise<LaunchOutcome | null> {
+    const jobId = job.jobId.toString();
+    // Paused: look without launching (an empty limits object would admit everything).
+    const sql = this.isPaused()
+      ? 'SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts FROM pgbg.job WHERE id = $1'
+      : 'SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1';
+    const params = this.isPaused() ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
+    const r = await runStatement(channel, sql, params);
     const err = serverError(r);
     if (err) {
-      this.log.warn({ event: 'job_launch_failed', job_id: jobId.toString(), sqlstate: err.code, err: err.message }, 'queued job could not be launched; will retry');
+      this.log.warn({ event: 'job_launch_failed', job_id: jobId, sqlstate: err.code, err: err.message }, 'queued job could not be launched; will try again');
       return null;
     }
-    const [state, workerPid, cookie, api, transactional] = (r.rows[0] ?? []) as string[];
-    if (!state || state === 'queued') return null;
-    if (workerPid) this.log.info({ event: 'job_launched', job_id: jobId.toString(), worker_pid: Number(workerPid) }, 'queued job launched');
-    return asSubmitted(jobId, state, workerPid, cookie, api, transactional === 't');
+    const [state, workerPid, cookie, api, transactional, attempts] = (r.rows[0] ?? []) as (string | null)[];
+    if (!state) return { state: 'lost' }; // the row is gone: nothing left to watch
+    const outcome: LaunchOutcome = { state };
+    if (workerPid) {
+      outcome.workerPid = Number(workerPid);
+      const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, transactional === 't');
+      if (supervised) outcome.supervised = supervised;
+      this.log.info({ event: 'job_launched', job_id: jobId, worker_pid: Number(workerPid), attempt: Number(attempts) }, 'queued job launched');
+    }
+    return outcome;
+  }
+
+  async cancel(channel: SessionChannel, jobId: bigint): Promise<void> {
+    const r = await runStatement(channel, 'SELECT pgbg.cancel($1)', [jobId.toString()]);
+    const err = serverError(r);
+    if (err) this.log.warn({ event: 'job_cancel_failed', job_id: jobId.toString(), sqlstate: err.code, err: err.message }, 'could not cancel a queued job');
+    else this.log.info({ event: 'job_cancelled', job_id: jobId.toString(), reason: 'client disconnected' }, 'queued job cancelled: its client went away');
   }
 
   poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean> {
@@ -121,12 +146,9 @@ export class PgBackgroundSubmitter implements JobSubmitter {
   }
 }
 
-function asSubmitted(jobId: bigint, state: string, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SubmittedJob {
-  const job: SubmittedJob = { jobId, state };
-  if (!transactional && workerPid) {
-    job.supervised = { jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
-  }
-  return job;
+function supervisedWorker(jobId: bigint, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SupervisedWorker | null {
+  if (transactional || !workerPid) return null;
+  return { jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
 }
 
 /** The errors whose server wording does not tell the user what to do. */

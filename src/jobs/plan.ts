@@ -4,6 +4,12 @@ export interface JobOptions {
   key?: string;
   priority?: number;
   notBefore?: string;
+  /** Attempts on transient errors (transactional jobs only). */
+  maxAttempts?: number;
+  /** Local-time window the job may start in (from a rule). */
+  window?: { from: string; to: string; timeZone: string };
+  /** What happens to the job while queued if its client goes away (from a rule). */
+  onDisconnect?: 'keep' | 'cancel';
 }
 
 /** Where a `$n` parameter reference stands in the statement text (byte offsets). */

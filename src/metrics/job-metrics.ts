@@ -8,6 +8,8 @@ interface GroupCount extends pg.QueryResultRow {
   owner: string;
   rule: string | null;
   n: string;
+  /** Seconds the longest-waiting job of the group has been queued (queued rows only). */
+  oldest?: number;
 }
 
 interface Snapshot {
@@ -33,6 +35,7 @@ export class JobMetrics {
   private lastFinishedId = 0n;
   private readonly finished: Counter<'database' | 'rule' | 'state'>;
   private readonly duration: Histogram<'database' | 'rule' | 'state'>;
+  private readonly retries: Counter<'database' | 'rule'>;
   private primed = false;
   private readonly countedAbove = new Set<string>();
   private current: Promise<Snapshot> | null = null;
@@ -70,6 +73,18 @@ export class JobMetrics {
       },
     });
     new Gauge({
+      name: 'pgbg_jobs_queue_wait_seconds',
+      help: 'How long the longest-waiting queued job has waited (since submission, or since its last attempt failed).',
+      labelNames: ['database', 'user', 'rule'],
+      registers: [metricsRegistry],
+      async collect() {
+        this.reset();
+        for (const r of (await self.snapshot()).queued) {
+          this.set({ database: r.database, user: r.owner, rule: r.rule ?? '' }, Number(r.oldest ?? 0));
+        }
+      },
+    });
+    new Gauge({
       name: 'pgbg_worker_slots',
       help: 'Background worker slots of the server: the max_worker_processes limit and the slots in use by any background worker.',
       labelNames: ['kind'],
@@ -90,6 +105,15 @@ export class JobMetrics {
         await self.snapshot();
       },
     });
+    this.retries = new Counter({
+      name: 'pgbg_job_retries_total',
+      help: 'Extra attempts of finished jobs (transient errors retried), seen since this proxy started.',
+      labelNames: ['database', 'rule'],
+      registers: [metricsRegistry],
+      async collect() {
+        await self.snapshot();
+      },
+    });
     this.duration = new Histogram({
       name: 'pgbg_job_duration_seconds',
       help: 'Run time of finished jobs (started to finished).',
@@ -97,6 +121,8 @@ export class JobMetrics {
       buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400],
       registers: [metricsRegistry],
     });
+    // Take the first reading now, so that jobs finishing before the first scrape are counted.
+    void this.snapshot();
   }
 
   /**
@@ -119,7 +145,9 @@ export class JobMetrics {
          FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
         WHERE j.state = 'running' GROUP BY 1, 2, 3`,
     );
-    const queued = await this.query<GroupCount>(`SELECT database, owner, rule, count(*) AS n FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`);
+    const queued = await this.query<GroupCount>(`SELECT database, owner, rule, count(*) AS n,
+              extract(epoch FROM clock_timestamp() - min(queued_at))::float8 AS oldest
+         FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`);
     const slots = await this.query<{ max: string; used: string }>(SLOTS_SQL);
     await this.collectFinished();
     return { inFlight, queued, slots: slots[0] ?? null };
@@ -127,7 +155,8 @@ export class JobMetrics {
 
   private async collectFinished(): Promise<void> {
     if (!this.primed) {
-      // Jobs already finished when this proxy started are not counted; active ones will be.
+      // Jobs already finished when this proxy started (first reading, at construction) are not
+      // counted; active ones will be.
       const r = await this.query<{ cursor: string | null }>(
         `SELECT COALESCE((SELECT min(id) - 1 FROM pgbg.job WHERE state IN ('queued', 'running')), (SELECT max(id) FROM pgbg.job), 0)::text AS cursor`,
       );
@@ -139,8 +168,8 @@ export class JobMetrics {
     // Each job is counted once, when first seen terminal. The cursor advances over the
     // contiguous prefix of finished ids; ids above it already counted are remembered, so one
     // long job does not hold back the count of those that end after it.
-    const rows = await this.query<{ id: string; database: string; rule: string | null; state: string; seconds: number | null }>(
-      `SELECT id::text, database, rule, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds
+    const rows = await this.query<{ id: string; database: string; rule: string | null; state: string; seconds: number | null; attempts: number }>(
+      `SELECT id::text, database, rule, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds, attempts
          FROM pgbg.job WHERE id > $1 ORDER BY id LIMIT 10000`,
       [this.lastFinishedId.toString()],
     );
@@ -151,6 +180,7 @@ export class JobMetrics {
         const labels = { database: r.database, rule: r.rule ?? '', state: r.state };
         this.finished.inc(labels);
         if (r.seconds !== null) this.duration.observe(labels, r.seconds);
+        if (r.attempts > 1) this.retries.inc({ database: r.database, rule: r.rule ?? '' }, r.attempts - 1);
         this.countedAbove.add(r.id);
       }
       if (!terminal) prefix = false;

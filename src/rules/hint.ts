@@ -10,7 +10,7 @@ export type Hint = { mode: 'background'; options: JobOptions } | { mode: 'foregr
  *
  *   hint    = "/*+" ( "background" [ "(" option { "," option } ")" ] | "foreground" ) "*\/"
  *   option  = name "=" value
- *   name    = "timeout" | "key" | "priority" | "not_before"
+ *   name    = "timeout" | "key" | "priority" | "not_before" | "max_attempts"
  *   value   = word | "'" { any character but "'" | "''" } "'"
  *   word    = 1*( letter | digit | "_" | "-" | "." | ":" | "+" )
  *
@@ -67,8 +67,14 @@ function parseOptions(text: string): JobOptions {
         if (Number.isNaN(Date.parse(raw))) throw badHint(`invalid not_before "${raw}": use an ISO 8601 timestamp with time zone`);
         options.notBefore = new Date(raw).toISOString();
         break;
+      case 'max_attempts': {
+        const n = Number(raw);
+        if (!Number.isInteger(n) || n < 1 || n > 100) throw badHint(`invalid max_attempts "${raw}": an integer from 1 to 100`);
+        options.maxAttempts = n;
+        break;
+      }
       default:
-        throw badHint(`unknown hint option "${name}"`, 'Known options: timeout, key, priority, not_before.');
+        throw badHint(`unknown hint option "${name}"`, 'Known options: timeout, key, priority, not_before, max_attempts.');
     }
     rest = rest.slice(m[0].length).trim();
   }

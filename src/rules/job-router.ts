@@ -99,6 +99,9 @@ function ruleOptions(rule: Rule): JobOptions {
   const o: JobOptions = {};
   if (rule.timeout !== undefined) o.timeoutMs = rule.timeout;
   if (rule.priority !== undefined) o.priority = rule.priority;
+  if (rule.maxAttempts !== undefined) o.maxAttempts = rule.maxAttempts;
+  if (rule.window) o.window = { ...rule.window, timeZone: rule.timeZone };
+  o.onDisconnect = rule.onDisconnect;
   return o;
 }
 

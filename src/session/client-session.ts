@@ -18,7 +18,8 @@ import { connectUpstream, sendCancel, type UpstreamAddress } from '../upstream/c
 import type { Exchange, SessionChannel } from '../upstream/channel.js';
 import type { CancelKeys } from '../listener/cancel-keys.js';
 import type { RoutingContext, StatementRouter } from '../rules/route.js';
-import type { BoundParams, JobSubmitter, SupervisedWorker, SubmittedJob } from '../jobs/submitter.js';
+import type { BoundParams, JobSubmitter, SubmittedJob } from '../jobs/submitter.js';
+import { SessionJobs } from './session-jobs.js';
 import type { JobPlan } from '../jobs/plan.js';
 import { ExchangeCollector } from './exchange-collector.js';
 import { OutboundBatch } from './outbound-batch.js';
@@ -92,9 +93,8 @@ export class ClientSession implements BackendStreamSink {
   private realPid = 0;
   private realKey = 0;
   private proxyKey: { pid: number; key: number } | null = null;
-  readonly supervised = new Map<bigint, SupervisedWorker>();
-  /** Jobs of this session waiting for a slot: launched from here, as the client's role, when admitted. */
-  readonly queued = new Set<bigint>();
+  /** Jobs this session must launch, retry or supervise; null when jobs are disabled. */
+  readonly jobs: SessionJobs | null;
   private superviseTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
@@ -112,6 +112,7 @@ export class ClientSession implements BackendStreamSink {
     this.id = id;
     this.params = params;
     this.framer = new FrontendFramer(deps.settings().maxMessageBytes);
+    this.jobs = deps.jobs ? new SessionJobs(deps.jobs) : null;
     const self = this;
     this.channel = {
       exchange: (messages) => self.exchange(messages),
@@ -140,9 +141,12 @@ export class ClientSession implements BackendStreamSink {
   get idle(): boolean {
     return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary;
   }
-  /** Jobs this session must still launch (queued) or read the outcome of (supervised). */
+  /** Jobs this session must still launch, retry or read the outcome of. */
   get hasPendingJobs(): boolean {
-    return this.supervised.size > 0 || this.queued.size > 0;
+    return this.jobs?.pending ?? false;
+  }
+  get pendingJobCount(): number {
+    return this.jobs?.ids.length ?? 0;
   }
   get adopted(): boolean {
     return this.clientGone && this.phase !== 'closed';
@@ -461,25 +465,18 @@ export class ClientSession implements BackendStreamSink {
     this.skipUntilSync = true;
   }
 
+  private submitContext() {
+    return { sessionId: this.id, user: this.user, database: this.database, applicationName: this.applicationName };
+  }
+
   private async submit(plan: JobPlan, params: BoundParams | null): Promise<SubmittedJob> {
     if (!this.deps.jobs) throw jobsDisabled();
     const started = performance.now();
-    const job = await this.deps.jobs.submit(this.channel, plan, params, {
-      sessionId: this.id,
-      user: this.user,
-      database: this.database,
-      applicationName: this.applicationName,
-    });
+    const job = await this.deps.jobs.submit(this.channel, plan, params, this.submitContext());
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
-    if (job.state === 'queued') {
-      this.queued.add(job.jobId);
-      this.scheduleSupervision();
-    }
-    if (job.supervised) {
-      this.supervised.set(job.jobId, job.supervised);
-      this.scheduleSupervision();
-    }
+    this.jobs?.track(job, plan.rule, plan.options.onDisconnect ?? 'keep');
+    this.scheduleSupervision();
     return job;
   }
 
@@ -546,33 +543,28 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private scheduleSupervision(): void {
-    if (this.superviseTimer || (this.supervised.size === 0 && this.queued.size === 0) || !this.deps.jobs) return;
+    if (this.superviseTimer || !this.jobs) return;
+    const delay = this.jobs.nextDelay(this.deps.settings().supervisePollMs);
+    if (delay === null) return;
     this.superviseTimer = setTimeout(() => {
       this.superviseTimer = null;
       this.superviseOnce();
-    }, this.deps.settings().supervisePollMs);
+    }, delay);
   }
 
-  /** Polls supervised workers when the session is idle outside a transaction block (decision 4). */
+  /** Looks after this session's jobs when it is idle outside a transaction block (decision 4). */
   private superviseOnce(): void {
-    if (this.phase !== 'ready' || !this.deps.jobs) return;
+    const jobs = this.jobs;
+    if (this.phase !== 'ready' || !jobs) return;
     if (!this.idle || this.held.length > 0 || this.txStatus !== 'I') {
       // Busy now: look again at the next moment the session is idle outside a transaction.
       this.superviseDue = true;
       return;
     }
     this.superviseDue = false;
-    const jobs = this.deps.jobs;
     this.runLocal(async () => {
-      for (const jobId of [...this.queued]) {
-        const launched = await jobs.launchQueued(this.channel, jobId);
-        if (!launched) continue;
-        this.queued.delete(jobId);
-        if (launched.supervised) this.supervised.set(jobId, launched.supervised);
-      }
-      for (const worker of [...this.supervised.values()]) {
-        if (await jobs.poll(this.channel, worker)) this.supervised.delete(worker.jobId);
-      }
+      if (this.clientGone && jobs.wantsCancelOnDisconnect) await jobs.cancelOnDisconnect(this.channel);
+      await jobs.step(this.channel, this.submitContext(), this.deps.settings().supervisePollMs);
       this.scheduleSupervision();
     });
   }
@@ -703,8 +695,7 @@ export class ClientSession implements BackendStreamSink {
       this.client.destroy();
     }
     this.clientGone = true;
-    this.supervised.clear();
-    this.queued.clear();
+    this.jobs?.clear();
     this.close();
   }
 
@@ -716,7 +707,7 @@ export class ClientSession implements BackendStreamSink {
 
   /** Ends the session when idle (graceful shutdown); returns whether it did. */
   closeIfIdle(): boolean {
-    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && !this.hasPendingJobs) {
+    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && !(this.jobs?.blocking ?? false)) {
       this.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
       return true;
     }
@@ -732,7 +723,7 @@ export class ClientSession implements BackendStreamSink {
     this.heldBytes = 0;
     if (this.hasPendingJobs && this.phase === 'ready') {
       // Adopted: the upstream session outlives its client until its supervised jobs end.
-      this.deps.log.info({ session: this.id, jobs: [...this.supervised.keys(), ...this.queued].map(String) }, 'client left; keeping session for its jobs');
+      this.deps.log.info({ session: this.id, jobs: this.jobs?.ids ?? [] }, 'client left; keeping session for its jobs');
       this.unpause('client');
       this.afterClientLeft();
       return;

@@ -134,15 +134,18 @@ describe('backgrounded statements (acceptance 1-3)', () => {
 });
 
 describe('hint options', () => {
-  it('timeout= ends an overrunning job failed with 57014; key= refuses a second active job with the same key', async () => {
+  it('timeout= ends an overrunning job failed with 57014; key= answers the active job with the same key', async () => {
     const client = await alice();
     const slow = await submit(client, '/*+ background(timeout=300ms) */ SELECT pg_sleep(5)');
     expect(await waitJob(observer, slow)).toMatchObject({ state: 'failed', sqlstate: '57014' });
 
     const keyed = await submit(client, '/*+ background(key=nightly-42) */ SELECT pg_sleep(2)');
-    const dup = await pgErrorOf(client.query('/*+ background(key=nightly-42) */ SELECT 1'));
-    expect(dup.code).toBe('23505');
-    expect(dup.detail).toContain(keyed);
+    expect(await submit(client, '/*+ background(key=nightly-42) */ SELECT 1')).toBe(keyed);
+    const other = await alice();
+    expect(await submit(other, '/*+ background(key=nightly-42) */ SELECT 2')).toBe(keyed);
+    await other.end();
+    const rows = await observer.query("SELECT count(*)::int AS n FROM pgbg.job WHERE idem_key = 'nightly-42'");
+    expect(rows.rows[0].n).toBe(1);
     expect((await waitJob(observer, keyed)).state).toBe('succeeded');
     expect(await submit(client, '/*+ background(key=nightly-42) */ SELECT 1')).not.toBe(keyed);
     await client.end();
@@ -191,14 +194,28 @@ describe('errors the client sees at once, with no job created', () => {
     await client.end();
   });
 
-  it('worker capacity exhausted: 53400 with the limit named', async () => {
+  it('worker capacity exhausted: 53400 with the limit named (maxInFlight unlimited); queued by default', async () => {
+    const unlimited = await startTestProxy(cluster, { jobs: { maxInFlight: 'unlimited' } });
+    try {
+      const client = await unlimited.connect({ user: 'alice', database: db });
+      await client.query('SET pg_background.max_workers = 1');
+      const first = await submit(client, '/*+ background */ VACUUM accounts');
+      const err = await pgErrorOf(client.query('/*+ background */ VACUUM uniq'));
+      expect(['53400', '53000']).toContain(err.code);
+      expect(`${err.message} ${err.hint ?? ''}`).toMatch(/max_workers|max_worker_processes/);
+      expect((await waitJob(observer, first)).state).toBe('succeeded');
+      await client.end();
+    } finally {
+      await unlimited.close();
+    }
+    // With the default limit the same second launch waits in the queue instead.
     const client = await alice();
     await client.query('SET pg_background.max_workers = 1');
     const first = await submit(client, '/*+ background */ VACUUM accounts');
-    const err = await pgErrorOf(client.query('/*+ background */ VACUUM uniq'));
-    expect(['53400', '53000']).toContain(err.code);
-    expect(`${err.message} ${err.hint ?? ''}`).toMatch(/max_workers|max_worker_processes/);
+    const second = await client.query('/*+ background */ VACUUM uniq');
+    expect(second.rows[0].state).toBe('queued');
     expect((await waitJob(observer, first)).state).toBe('succeeded');
+    expect((await waitJob(observer, String(second.rows[0].job_id))).state).toBe('succeeded');
     await client.end();
   });
 });

@@ -89,7 +89,11 @@ describe('schema defaults', () => {
       reconcileInterval: 5000,
       supervisePoll: 200,
       inTransaction: 'reject',
-      maxInFlight: null,
+      maxInFlight: 'auto',
+      maxInFlightPerDatabase: {},
+      maxInFlightPerUser: {},
+      maxQueued: 1000,
+      retry: { maxAttempts: 3, baseDelay: 500, maxDelay: 30000 },
     });
     expect(c.rules).toEqual([]);
   });
@@ -205,6 +209,27 @@ describe('loading: file, environment, flags', () => {
     expect(c.jobs.supervisePoll).toBe(100);
     expect(loadConfig(file, env, { maxInFlight: 3 }).jobs.maxInFlight).toBe(3);
     expect(loadConfig(file).jobs.maxInFlight).toBe(2);
+  });
+
+  it('takes auto and unlimited for the in-flight limit, from env and flags too', () => {
+    expect(loadConfig(file, overridesFromEnv({ PGBG_MAX_IN_FLIGHT: 'Unlimited' })).jobs.maxInFlight).toBe('unlimited');
+    expect(loadConfig(file, {}, { maxInFlight: 'auto' }).jobs.maxInFlight).toBe('auto');
+    expect(configError(() => validateConfig({ jobs: { maxInFlight: 0 } }))).toMatch(/jobs\.maxInFlight/);
+  });
+
+  it('validates scheduling options of rules: window, time zone, attempts, disconnect policy', () => {
+    const ok = validateConfig({
+      rules: [{ name: 'night', window: '22:30-02:00:30', timeZone: 'Europe/Berlin', maxAttempts: 5, onDisconnect: 'cancel', maxInFlight: 1, holdWhileBusy: { activeBackends: 10 } }],
+    });
+    expect(ok.rules[0]).toMatchObject({ window: { from: '22:30', to: '02:00:30' }, timeZone: 'Europe/Berlin', maxAttempts: 5, onDisconnect: 'cancel', maxInFlight: 1 });
+    expect(validateConfig({ rules: [{ name: 'x' }] }).rules[0]).toMatchObject({ timeZone: 'UTC', onDisconnect: 'keep' });
+    expect(configError(() => validateConfig({ rules: [{ name: 'x', window: '25:00-03:00' }] }))).toMatch(/rules\.0\.window: expected a window such as "01:00-05:00"/);
+    expect(configError(() => validateConfig({ rules: [{ name: 'x', window: 'nightly' }] }))).toMatch(/rules\.0\.window/);
+    expect(configError(() => validateConfig({ rules: [{ name: 'x', timeZone: 'Mars/Olympus' }] }))).toMatch(/rules\.0\.timeZone: unknown time zone "Mars\/Olympus"/);
+    expect(configError(() => validateConfig({ rules: [{ name: 'x', onDisconnect: 'abandon' }] }))).toMatch(/rules\.0\.onDisconnect/);
+    expect(configError(() => validateConfig({ jobs: { retry: { maxAttempts: 0 } } }))).toMatch(/jobs\.retry\.maxAttempts/);
+    expect(configError(() => validateConfig({ jobs: { maxInFlightPerUser: { alice: 'two' } } }))).toMatch(/jobs\.maxInFlightPerUser\.alice/);
+    expect(validateConfig({ jobs: { retry: { baseDelay: '2s' } } }).jobs.retry).toEqual({ maxAttempts: 3, baseDelay: 2000, maxDelay: 30000 });
   });
 
   it('reads environment variables, ignoring empty ones', () => {

@@ -41,7 +41,9 @@ describe('hint comments', () => {
     expect(p.options).toEqual({ timeoutMs: 600_000, key: 'nightly-42', priority: 5 });
     const quoted = plan(plain.route("/*+ background(key='it''s') */ UPDATE t SET v = 1", ctx));
     expect(quoted.options.key).toBe("it's");
-    for (const bad of ['/*+ background(colour=red) */ SELECT 1', '/*+ background(timeout=soon) */ SELECT 1', '/*+ backgrund */ SELECT 1']) {
+    expect(plan(plain.route('/*+ background(max_attempts=5) */ UPDATE t SET v = 1', ctx)).options.maxAttempts).toBe(5);
+    for (const bad of ['/*+ background(colour=red) */ SELECT 1', '/*+ background(timeout=soon) */ SELECT 1', '/*+ backgrund */ SELECT 1',
+                       '/*+ background(max_attempts=0) */ SELECT 1', '/*+ background(max_attempts=2.5) */ SELECT 1']) {
       const r = plain.route(bad, ctx);
       expect(r.action).toBe('reject');
       if (r.action === 'reject') expect(r.error.code).toBe('22023');
@@ -102,7 +104,7 @@ describe('rules', () => {
   it('matches on kind, user and database, first match wins, with the rule options', () => {
     const p = plan(router.route('VACUUM t', ctx));
     expect(p.rule).toBe('maintenance');
-    expect(p.options).toEqual({ timeoutMs: 7_200_000, priority: 7 });
+    expect(p.options).toEqual({ timeoutMs: 7_200_000, priority: 7, onDisconnect: 'keep' });
     expect(router.route('VACUUM t', { ...ctx, user: 'bob' }).action).toBe('forward');
     expect(plan(router.route('select * from big_report', ctx)).rule).toBe('reports');
     expect(router.route('select * from big_report', { ...ctx, database: 'other' }).action).toBe('forward');

@@ -61,7 +61,12 @@ SELECT j.id,
        j.cancel_requested,
        CASE WHEN a.wait_event IS NOT NULL THEN a.wait_event_type || ':' || a.wait_event END AS wait_event,
        p.phase,
-       pg_catalog.round(p.percent, 1)::float8 AS percent_done
+       pg_catalog.round(p.percent, 1)::float8 AS percent_done,
+       j.priority,
+       j.max_attempts,
+       j.not_before,
+       CASE WHEN j.state = 'queued' THEN pgbg.queue_position(j.id) END AS queue_position,
+       CASE WHEN j.state = 'queued' THEN pg_catalog.clock_timestamp() - j.queued_at END AS queued_for
   FROM pgbg.job j
   LEFT JOIN pg_catalog.pg_stat_activity a
          ON j.state = 'running' AND a.pid = j.worker_pid

@@ -32,6 +32,8 @@
  *    a table column or a SQL function result reaches the worker shifted by 3 bytes. See
  *    pgbg.launch_sql.
  */
+import { SCHEDULING_SQL } from './scheduling.sql.js';
+
 export const V1_SQL = String.raw`
 -- ---------------------------------------------------------------------------------------
 -- Role: members see and manage every job
@@ -82,6 +84,11 @@ CREATE TABLE pgbg.job (
   error_detail     text,
   lost_reason      text,
   attempts         integer NOT NULL DEFAULT 0,
+  max_attempts     integer NOT NULL DEFAULT 1 CHECK (max_attempts BETWEEN 1 AND 100),
+  not_before       timestamptz,
+  queued_at        timestamptz NOT NULL DEFAULT now(),
+  launched_at      timestamptz,
+  limits           jsonb,
   session_id       text,
   application_name text,
   -- a non-transactional statement cannot record its own outcome: somebody must supervise it
@@ -95,6 +102,22 @@ CREATE INDEX job_active_idx ON pgbg.job (state, id) WHERE state IN ('queued', 'r
 -- at most one active job per (owner, idempotency key)
 CREATE UNIQUE INDEX job_active_idem_key_idx ON pgbg.job (owner, idem_key)
   WHERE idem_key IS NOT NULL AND state IN ('queued', 'running');
+
+-- One row per attempt that ended: a transactional job retried after a transient error has
+-- several. Written by definer functions only.
+CREATE TABLE pgbg.job_attempt (
+  job_id      bigint NOT NULL REFERENCES pgbg.job (id) ON DELETE CASCADE,
+  attempt     integer NOT NULL,
+  worker_pid  integer,
+  started_at  timestamptz,
+  finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  outcome     text NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'retried', 'cancelled', 'lost')),
+  sqlstate    text,
+  error       text,
+  PRIMARY KEY (job_id, attempt)
+);
+
+COMMENT ON TABLE pgbg.job_attempt IS 'Each ended attempt of a job; see the pgbg.job_attempts view.';
 
 CREATE TABLE pgbg.job_result (
   job_id bigint NOT NULL REFERENCES pgbg.job (id) ON DELETE CASCADE,
@@ -110,6 +133,8 @@ COMMENT ON TABLE pgbg.job_result IS 'Rows returned by backgrounded SELECT / ... 
 -- ---------------------------------------------------------------------------------------
 ALTER TABLE pgbg.job ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pgbg.job FORCE ROW LEVEL SECURITY;
+ALTER TABLE pgbg.job_attempt ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pgbg.job_attempt FORCE ROW LEVEL SECURITY;
 ALTER TABLE pgbg.job_result ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pgbg.job_result FORCE ROW LEVEL SECURITY;
 
@@ -126,6 +151,9 @@ CREATE POLICY job_insert ON pgbg.job FOR INSERT
 
 -- no UPDATE / DELETE policies: with RLS enabled that denies both (and no privilege is granted)
 
+CREATE POLICY job_attempt_select ON pgbg.job_attempt FOR SELECT
+  USING (EXISTS (SELECT 1 FROM pgbg.job j WHERE j.id = job_attempt.job_id));
+
 CREATE POLICY job_result_select ON pgbg.job_result FOR SELECT
   USING (EXISTS (SELECT 1 FROM pgbg.job j WHERE j.id = job_result.job_id));
 
@@ -138,10 +166,11 @@ CREATE POLICY job_result_insert ON pgbg.job_result FOR INSERT
 -- ---------------------------------------------------------------------------------------
 -- Privileges on relations
 -- ---------------------------------------------------------------------------------------
-REVOKE ALL ON pgbg.job, pgbg.job_result FROM PUBLIC;
-GRANT SELECT ON pgbg.job TO PUBLIC;
+REVOKE ALL ON pgbg.job, pgbg.job_result, pgbg.job_attempt FROM PUBLIC;
+GRANT SELECT ON pgbg.job, pgbg.job_attempt TO PUBLIC;
 GRANT INSERT (statement, kind, transactional, rule, options, priority, idem_key,
-              launcher_pid, launcher_start, supervised, session_id, application_name)
+              launcher_pid, launcher_start, supervised, session_id, application_name,
+              max_attempts, not_before)
   ON pgbg.job TO PUBLIC;
 GRANT USAGE ON SEQUENCE pgbg.job_id_seq TO PUBLIC;
 GRANT SELECT, INSERT ON pgbg.job_result TO PUBLIC;
@@ -172,6 +201,13 @@ SELECT j.id,
   FROM pgbg.job j;
 
 GRANT SELECT ON pgbg.jobs TO PUBLIC;
+
+CREATE VIEW pgbg.job_attempts WITH (security_invoker = true) AS
+SELECT a.job_id, a.attempt, a.outcome, a.sqlstate, a.error, a.worker_pid, a.started_at, a.finished_at,
+       a.finished_at - a.started_at AS elapsed
+  FROM pgbg.job_attempt a;
+
+GRANT SELECT ON pgbg.job_attempts TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
 -- Internal helpers
@@ -209,6 +245,17 @@ AS $fn$
              THEN 'SELECT ' || COALESCE(p_rows, 0)
            ELSE p_kind
          END
+$fn$;
+
+-- Keeps the attempt that just ended (the job's current attempt number) in pgbg.job_attempt.
+CREATE FUNCTION pgbg._record_attempt(p_job_id bigint, p_outcome text, p_sqlstate text, p_error text) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  INSERT INTO pgbg.job_attempt (job_id, attempt, worker_pid, started_at, outcome, sqlstate, error)
+  SELECT j.id, GREATEST(j.attempts, 1), j.worker_pid, COALESCE(j.launched_at, j.started_at), p_outcome, p_sqlstate, p_error
+    FROM pgbg.job j WHERE j.id = p_job_id
+  ON CONFLICT (job_id, attempt) DO NOTHING
 $fn$;
 
 CREATE FUNCTION pgbg._notify(p_job_id bigint, p_state text) RETURNS void
@@ -331,6 +378,8 @@ DECLARE
   v_transactional boolean := COALESCE(submit.transactional, true);
   v_supervised boolean := COALESCE(submit.supervised, NOT COALESCE(submit.transactional, true));
   v_existing bigint;
+  v_max_attempts integer;
+  v_not_before timestamptz;
 BEGIN
   IF submit.statement IS NULL OR btrim(submit.statement) = '' THEN
     RAISE EXCEPTION 'pgbg.submit: statement must not be empty' USING ERRCODE = '22023';
@@ -353,6 +402,18 @@ BEGIN
             HINT = v_info.grant_hint || ' (as a superuser)';
   END IF;
 
+  -- Retries only where a failed attempt provably left nothing behind: transactional jobs.
+  v_max_attempts := CASE WHEN v_transactional THEN COALESCE((submit.options->>'max_attempts')::integer, 1) ELSE 1 END;
+  IF v_max_attempts NOT BETWEEN 1 AND 100 THEN
+    RAISE EXCEPTION 'max_attempts must be between 1 and 100, not %', v_max_attempts USING ERRCODE = '22023';
+  END IF;
+  -- Not before the given time, and then not before the rule's window opens.
+  v_not_before := GREATEST(clock_timestamp(), (submit.options->>'not_before')::timestamptz);
+  v_not_before := pgbg.window_opens(submit.options->'window', v_not_before);
+  IF v_not_before <= clock_timestamp() THEN
+    v_not_before := NULL;
+  END IF;
+
   IF submit.idem_key IS NOT NULL THEN
     SELECT j.id INTO v_existing FROM pgbg.job j
      WHERE j.owner = current_user AND j.idem_key = submit.idem_key AND j.state IN ('queued', 'running')
@@ -365,13 +426,14 @@ BEGIN
 
   BEGIN
     INSERT INTO pgbg.job (statement, kind, transactional, supervised, rule, options, priority, idem_key,
-                          launcher_pid, launcher_start, session_id, application_name)
+                          launcher_pid, launcher_start, session_id, application_name, max_attempts, not_before)
     VALUES (submit.statement, submit.kind, v_transactional, v_supervised, submit.rule,
             COALESCE(submit.options, '{}'::jsonb), COALESCE(submit.priority, 0), submit.idem_key,
             pg_backend_pid(),
             (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
             submit.session_id,
-            NULLIF(current_setting('application_name'), ''))
+            NULLIF(current_setting('application_name'), ''),
+            v_max_attempts, v_not_before)
     RETURNING id INTO v_id;
   EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'a job with key "%" is already queued or running', submit.idem_key
@@ -451,6 +513,7 @@ BEGIN
          launcher_pid = pg_backend_pid(),
          launcher_start = v_lstart,
          attempts = j.attempts + 1,
+         launched_at = clock_timestamp(),
          started_at = CASE WHEN j.state = 'queued' THEN COALESCE(j.started_at, clock_timestamp()) ELSE j.started_at END,
          state = CASE WHEN j.state = 'queued' THEN 'running' ELSE j.state END
    WHERE j.id = mark_launched.job_id
@@ -485,65 +548,6 @@ BEGIN
   END IF;
   PERFORM pgbg._notify(launch_failed.job_id, 'failed');
   RETURN true;
-END
-$fn$;
-
--- One round trip for the proxy: records the job, launches its worker as the calling role and
--- records the launch, all in the caller's (implicit) transaction. If anything fails, nothing is
--- left behind: the error (no pg_background, no privilege, "could not register background
--- process", ...) reaches the client at once. The worker of a transactional job waits, in
--- pgbg.run_job, on an advisory lock held here until this transaction commits, so it sees its row;
--- if the transaction rolls back, the worker finds no job and does nothing.
--- The worker inherits this session's settings (pg_background copies GUCs at launch), with
--- statement_timeout replaced by options->>'timeout_ms' (0 = none, so that a client's own
--- statement_timeout does not cut background work short).
--- SECURITY INVOKER and no SET clause on purpose: the worker runs as the launching role and must
--- inherit the caller's search_path, not a pinned one. Every name is qualified.
--- Jobs in flight as the server sees them now: pg_background workers anywhere on the server,
--- or (with a stand-in, whose workers are client backends) this registry's running jobs whose
--- worker is alive. A worker launched a moment ago may not show yet: count it for 10 s.
-CREATE FUNCTION pgbg.in_flight() RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pgbg
-AS $fn$
-BEGIN
-  PERFORM pg_stat_clear_snapshot();
-  RETURN GREATEST(
-    (SELECT count(*) FROM pg_stat_activity a WHERE a.backend_type = 'pg_background'),
-    (SELECT count(*) FROM pgbg.job j
-      WHERE j.state = 'running'
-        AND (EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.worker_pid)
-             OR (j.worker_start IS NULL AND j.started_at > clock_timestamp() - interval '10 seconds'))))::integer;
-END
-$fn$;
-
--- Queued jobs that go before this one (higher priority, or the same priority and older) and
--- can still be launched (their launching session is alive). Definer: it reads every owner's queue.
-CREATE FUNCTION pgbg._queued_ahead(job_id bigint) RETURNS integer
-LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pgbg
-AS $fn$
-  SELECT count(*)::integer
-    FROM pgbg.job me, pgbg.job q
-   WHERE me.id = _queued_ahead.job_id
-     AND q.state = 'queued' AND q.id <> me.id
-     AND (q.priority > me.priority OR (q.priority = me.priority AND q.id < me.id))
-     AND EXISTS (SELECT 1 FROM pg_stat_activity a
-                  WHERE a.pid = q.launcher_pid AND (q.launcher_start IS NULL OR a.backend_start = q.launcher_start))
-$fn$;
-
--- Whether the job may launch now under the limit. Serialised per database by an advisory lock
--- held to the end of the caller's transaction, so two sessions cannot both take the last slot.
-CREATE FUNCTION pgbg.admit(job_id bigint, max_in_flight integer) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-AS $fn$
-BEGIN
-  IF admit.max_in_flight IS NULL THEN
-    RETURN true;
-  END IF;
-  PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, 0);
-  RETURN pgbg.in_flight() OPERATOR(pg_catalog.<) admit.max_in_flight
-     AND pgbg._queued_ahead(admit.job_id) OPERATOR(pg_catalog.=) 0;
 END
 $fn$;
 
@@ -608,74 +612,7 @@ BEGIN
 END
 $fn$;
 
--- A queued job of the caller's, launched if the limit admits it now, otherwise left queued.
--- A job that is no longer queued (cancelled meanwhile, marked lost) is reported as it is.
-CREATE FUNCTION pgbg.launch_if_admitted(
-  job_id bigint,
-  max_in_flight integer,
-  OUT state text,
-  OUT worker_pid integer,
-  OUT cookie bigint,
-  OUT api integer)
-RETURNS record
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-AS $fn$
-BEGIN
-  SELECT j.state INTO state FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) launch_if_admitted.job_id;
-  IF state IS DISTINCT FROM 'queued' OR NOT pgbg.admit(launch_if_admitted.job_id, launch_if_admitted.max_in_flight) THEN
-    RETURN;
-  END IF;
-  BEGIN
-    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
-  EXCEPTION WHEN insufficient_resources OR configuration_limit_exceeded THEN
-    state := 'queued'; -- no free worker slot after all: stay queued, try again later
-  END;
-END
-$fn$;
-
--- Records a job and launches it at once, or leaves it queued when max_in_flight (if given) is
--- reached: one transaction, so a failed launch leaves no job behind.
-CREATE FUNCTION pgbg.submit_and_launch(
-  statement text,
-  kind text,
-  transactional boolean,
-  rule text DEFAULT NULL,
-  options jsonb DEFAULT NULL,
-  priority integer DEFAULT NULL,
-  idem_key text DEFAULT NULL,
-  session_id text DEFAULT NULL,
-  max_in_flight integer DEFAULT NULL,
-  OUT job_id bigint,
-  OUT state text,
-  OUT worker_pid integer,
-  OUT cookie bigint,
-  OUT api integer)
-RETURNS record
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-AS $fn$
-DECLARE
-  v_transactional boolean := COALESCE(submit_and_launch.transactional, true);
-BEGIN
-  job_id := pgbg.submit(submit_and_launch.statement, submit_and_launch.kind, v_transactional, NOT v_transactional,
-                        submit_and_launch.rule, submit_and_launch.options, submit_and_launch.priority,
-                        submit_and_launch.idem_key, submit_and_launch.session_id);
-  IF NOT pgbg.admit(job_id, submit_and_launch.max_in_flight) THEN
-    state := 'queued';
-    RETURN;
-  END IF;
-  IF submit_and_launch.max_in_flight IS NULL THEN
-    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
-    RETURN;
-  END IF;
-  -- Queue mode: worker slots taken by other workers (autovacuum, parallel query, replication)
-  -- make the job wait in the queue instead of failing.
-  BEGIN
-    SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
-  EXCEPTION WHEN insufficient_resources OR configuration_limit_exceeded THEN
-    state := 'queued';
-  END;
-END
-$fn$;
+${SCHEDULING_SQL}
 
 -- ---------------------------------------------------------------------------------------
 -- Worker side
@@ -695,6 +632,7 @@ DECLARE
   v record;
   v_state text;
   v_start timestamptz;
+  v_delay_ms double precision;
 BEGIN
   IF _finish.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
     RAISE EXCEPTION 'invalid outcome state %', _finish.state USING ERRCODE = '22023';
@@ -703,7 +641,8 @@ BEGIN
     RAISE EXCEPTION 'pgbg._finish may only be called by pgbg.run_job(%) running as its own statement', _finish.job_id
       USING ERRCODE = '42501';
   END IF;
-  SELECT j.owner, j.worker_pid, j.transactional INTO v FROM pgbg.job j WHERE j.id = _finish.job_id;
+  SELECT j.owner, j.worker_pid, j.transactional, j.attempts, j.max_attempts, j.options, j.cancel_requested, j.state
+    INTO v FROM pgbg.job j WHERE j.id = _finish.job_id;
   IF NOT FOUND OR NOT pgbg._may_manage(v.owner) THEN
     RAISE EXCEPTION 'job % does not exist', _finish.job_id USING ERRCODE = '42704';
   END IF;
@@ -712,6 +651,28 @@ BEGIN
       USING ERRCODE = '42501';
   END IF;
   SELECT a.backend_start INTO v_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
+
+  -- A transient failure with attempts left: back to the queue after an exponential backoff with
+  -- jitter (half the delay fixed, half random, so retries of jobs that collided spread out).
+  -- The statement's effects were rolled back by run_job; this transaction commits the retry.
+  IF _finish.state = 'failed' AND _finish.sqlstate IN ('40001', '40P01', '55P03')
+     AND v.state IN ('queued', 'running') AND v.attempts < v.max_attempts AND NOT v.cancel_requested THEN
+    v_delay_ms := LEAST(COALESCE((v.options->>'retry_max_ms')::double precision, 30000),
+                        COALESCE((v.options->>'retry_base_ms')::double precision, 500) * 2 ^ GREATEST(v.attempts - 1, 0));
+    v_delay_ms := v_delay_ms * (0.5 + random() / 2);
+    PERFORM pgbg._record_attempt(_finish.job_id, 'retried', _finish.sqlstate, _finish.error);
+    UPDATE pgbg.job j
+       SET state = 'queued',
+           sqlstate = _finish.sqlstate,
+           error = format('attempt %s of %s failed, retrying: %s', v.attempts, v.max_attempts, _finish.error),
+           error_detail = _finish.detail,
+           not_before = clock_timestamp() + v_delay_ms * interval '1 millisecond',
+           queued_at = clock_timestamp(),
+           worker_pid = NULL, worker_start = NULL, cookie = NULL, api = NULL
+     WHERE j.id = _finish.job_id;
+    PERFORM pgbg._notify(_finish.job_id, 'queued');
+    RETURN;
+  END IF;
 
   UPDATE pgbg.job j
      SET state = CASE WHEN _finish.state = 'cancelled' AND NOT j.cancel_requested THEN 'failed'
@@ -732,6 +693,7 @@ BEGIN
     RAISE EXCEPTION 'job % is already %; its statement''s effects are rolled back', _finish.job_id, v_state
       USING ERRCODE = '55000';
   END IF;
+  PERFORM pgbg._record_attempt(_finish.job_id, v_state, _finish.sqlstate, _finish.error);
   PERFORM pgbg._notify(_finish.job_id, v_state);
 END
 $fn$;
@@ -850,6 +812,7 @@ BEGIN
   IF NOT FOUND THEN
     RETURN false;
   END IF;
+  PERFORM pgbg._record_attempt(finish_supervised.job_id, v_state, finish_supervised.sqlstate, finish_supervised.error);
   PERFORM pgbg._notify(finish_supervised.job_id, v_state);
   RETURN true;
 END
@@ -896,6 +859,7 @@ BEGIN
                           AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))
     RETURNING j.id, j.state
   LOOP
+    PERFORM pgbg._record_attempt(r.id, r.state, NULL, 'worker ended without recording an outcome');
     PERFORM pgbg._notify(r.id, r.state);
     n := n + 1;
   END LOOP;
@@ -928,7 +892,8 @@ BEGIN
   FOR r IN
     UPDATE pgbg.job j
        SET state = 'lost',
-           lost_reason = 'launching session ended before the job was launched',
+           lost_reason = CASE WHEN j.attempts = 0 THEN 'launching session ended before the job was launched'
+                              ELSE format('launching session ended before attempt %s could be launched', j.attempts + 1) END,
            finished_at = clock_timestamp()
      WHERE j.state = 'queued'
        AND j.worker_pid IS NULL
@@ -1175,13 +1140,11 @@ REVOKE ALL ON FUNCTION
   pgbg._run_sql(bigint),
   pgbg._command_tag(text, bigint),
   pgbg._notify(bigint, text),
+  pgbg._record_attempt(bigint, text, text, text),
   pgbg._wait_blocker(bigint, boolean),
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
-  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text, integer),
   pgbg.launch_job(bigint),
-  pgbg.launch_if_admitted(bigint, integer),
-  pgbg.admit(bigint, integer),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),
@@ -1198,10 +1161,7 @@ REVOKE ALL ON PROCEDURE pgbg.await(bigint, interval, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
   pgbg.pg_background_info(),
   pgbg.submit(text, text, boolean, boolean, text, jsonb, integer, text, text),
-  pgbg.submit_and_launch(text, text, boolean, text, jsonb, integer, text, text, integer),
   pgbg.launch_job(bigint),
-  pgbg.launch_if_admitted(bigint, integer),
-  pgbg.admit(bigint, integer),
   pgbg.launch_sql(bigint),
   pgbg.mark_launched(bigint, integer, bigint, integer),
   pgbg.launch_failed(bigint, text, text),

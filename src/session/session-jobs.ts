@@ -1,0 +1,108 @@
+import type { JobSubmitter, SubmitContext, SubmittedJob, SupervisedWorker, WatchedJob } from '../jobs/submitter.js';
+import type { SessionChannel } from '../upstream/channel.js';
+
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'lost']);
+
+/** How often a running job that may come back for a retry is looked at. */
+const RUNNING_LOOK_MS = 1000;
+
+interface Watch extends WatchedJob {
+  state: string;
+  nextLookAt: number;
+}
+
+/**
+ * The jobs one session is responsible for (DESIGN.md decision 4): supervised workers whose
+ * outcome only this session can read, and watched jobs it must launch, as the client's role,
+ * when they are admitted: queued ones, and running transactional ones with attempts left, which
+ * come back to the queue when an attempt fails with a transient error.
+ */
+export class SessionJobs {
+  readonly supervised = new Map<bigint, SupervisedWorker>();
+  private readonly watched = new Map<bigint, Watch>();
+
+  constructor(private readonly submitter: JobSubmitter) {}
+
+  track(job: SubmittedJob, rule: string | null, onDisconnect: 'keep' | 'cancel'): void {
+    if (job.existing) return; // an idempotency key answered another session's job
+    if (job.supervised) this.supervised.set(job.jobId, job.supervised);
+    const mayRetry = job.transactional && job.maxAttempts > 1;
+    if (job.state === 'queued' || (job.state === 'running' && mayRetry)) {
+      this.watched.set(job.jobId, {
+        jobId: job.jobId,
+        rule,
+        mayRetry,
+        onDisconnect,
+        state: job.state,
+        nextLookAt: job.state === 'queued' ? 0 : Date.now() + RUNNING_LOOK_MS,
+      });
+    }
+  }
+
+  /** Anything left to launch, retry or supervise: the session must outlive its client for it. */
+  get pending(): boolean {
+    return this.supervised.size > 0 || this.watched.size > 0;
+  }
+
+  /**
+   * Work that cannot end without this session: supervised workers and queued jobs. A running job
+   * that might come back for a retry does not hold up a shutdown; if it does, it ends 'lost'.
+   */
+  get blocking(): boolean {
+    return this.supervised.size > 0 || [...this.watched.values()].some((w) => w.state === 'queued');
+  }
+
+  get ids(): string[] {
+    return [...new Set([...this.supervised.keys(), ...this.watched.keys()])].map(String);
+  }
+
+  /** One look at everything due: launches admitted jobs, reads finished supervised workers. */
+  async step(channel: SessionChannel, ctx: SubmitContext, pollMs: number): Promise<void> {
+    const now = Date.now();
+    for (const w of [...this.watched.values()]) {
+      if (w.nextLookAt > now) continue;
+      const out = await this.submitter.launchQueued(channel, w, ctx);
+      if (!out) {
+        w.nextLookAt = Date.now() + pollMs;
+        continue;
+      }
+      w.state = out.state;
+      if (out.supervised) this.supervised.set(w.jobId, out.supervised);
+      if (TERMINAL.has(out.state) || out.supervised || (out.state === 'running' && !w.mayRetry)) {
+        this.watched.delete(w.jobId);
+        continue;
+      }
+      w.nextLookAt = Date.now() + (out.state === 'running' ? RUNNING_LOOK_MS : pollMs);
+    }
+    for (const worker of [...this.supervised.values()]) {
+      if (await this.submitter.poll(channel, worker)) this.supervised.delete(worker.jobId);
+    }
+  }
+
+  /** Milliseconds until the next look is due; null when nothing is left to look at. */
+  nextDelay(pollMs: number): number | null {
+    if (!this.pending) return null;
+    let soonest = this.supervised.size > 0 ? pollMs : Infinity;
+    const now = Date.now();
+    for (const w of this.watched.values()) soonest = Math.min(soonest, Math.max(0, w.nextLookAt - now));
+    return Math.max(soonest, 5);
+  }
+
+  /** Disconnect policy "cancel": the client went away, so its queued jobs of such rules end cancelled. */
+  async cancelOnDisconnect(channel: SessionChannel): Promise<void> {
+    for (const w of [...this.watched.values()]) {
+      if (w.onDisconnect !== 'cancel' || w.state !== 'queued') continue;
+      await this.submitter.cancel(channel, w.jobId);
+      this.watched.delete(w.jobId);
+    }
+  }
+
+  get wantsCancelOnDisconnect(): boolean {
+    return [...this.watched.values()].some((w) => w.onDisconnect === 'cancel' && w.state === 'queued');
+  }
+
+  clear(): void {
+    this.supervised.clear();
+    this.watched.clear();
+  }
+}
