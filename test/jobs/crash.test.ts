@@ -97,4 +97,51 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
     expect((await observer.query('SELECT max(v)::int AS m FROM crash')).rows[0].m).toBeLessThan(100);
     await second.kill('SIGTERM');
   });
+
+  it('a job waiting between retry attempts when the proxy is killed ends lost, with its attempts kept', async () => {
+    await observer.query(`
+      CREATE SEQUENCE IF NOT EXISTS crash_calls;
+      GRANT USAGE ON SEQUENCE crash_calls TO PUBLIC;
+      CREATE OR REPLACE FUNCTION always_conflicts() RETURNS int LANGUAGE plpgsql AS $$
+      BEGIN
+        PERFORM nextval('crash_calls');
+        RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+      END $$;
+    `);
+    const upstream = `${cluster.host}:${cluster.port}`;
+    const first = await startChildProxy(['--upstream', upstream, '--log-level', 'warn']);
+    children.push(first);
+    const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: first.port });
+    client.on('error', () => {});
+    await client.connect();
+    const id = await submit(client, '/*+ background(max_attempts=50) */ UPDATE crash SET v = always_conflicts() WHERE id = 1');
+    // Wait for the first retry to be scheduled, then kill the proxy that would launch the next attempt.
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      const r = await observer.query("SELECT count(*)::int AS n FROM pgbg.job_attempts WHERE job_id = $1 AND outcome = 'retried'", [id]);
+      if (r.rows[0].n >= 1) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    expect(await first.kill('SIGKILL')).toBeNull();
+
+    const second = await startChildProxy(['--upstream', upstream, '--log-level', 'info'], { PGBG_REGISTRY_URL: cluster.url('postgres', db) });
+    children.push(second);
+    let job: Record<string, any> = {};
+    const until = Date.now() + 30_000;
+    while (Date.now() < until) {
+      job = (await observer.query('SELECT state, lost_reason, attempts FROM pgbg.jobs WHERE id = $1', [id])).rows[0];
+      if (job.state !== 'queued' && job.state !== 'running') break;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    expect(job.state).toBe('lost');
+    expect(job.lost_reason).toMatch(new RegExp(`before attempt ${job.attempts + 1} could be launched`));
+    const attempts = await observer.query('SELECT attempt, outcome FROM pgbg.job_attempts WHERE job_id = $1 ORDER BY attempt', [id]);
+    expect(attempts.rows.map((a) => a.outcome)).toEqual(Array(job.attempts).fill('retried'));
+    // Once lost, nothing runs it again: no attempt is launched by anybody else.
+    const callsAtEnd = Number((await observer.query('SELECT last_value FROM crash_calls')).rows[0].last_value);
+    expect(callsAtEnd).toBeGreaterThanOrEqual(job.attempts);
+    await new Promise((res) => setTimeout(res, 1500));
+    expect(Number((await observer.query('SELECT last_value FROM crash_calls')).rows[0].last_value)).toBe(callsAtEnd);
+    await second.kill('SIGTERM');
+  });
 });
