@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import { ProxyMetrics } from './metrics/proxy-metrics.js';
 import { JobMetrics } from './metrics/job-metrics.js';
 import { startMetricsServer } from './metrics/http-server.js';
+import { cachedExposition } from './metrics/exposition-cache.js';
 import { readinessCheck } from './metrics/readiness.js';
 import { AdminConsole } from './admin/admin-console.js';
 import { createAdminControls } from './admin/controls.js';
@@ -75,7 +76,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     adminConsole: adminConsole.handler,
   });
   sessionCount = () => listener.sessions.size;
-  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, metrics.registry, readinessCheck(() => current), log) : null;
+  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current), log) : null;
   const running: RunningProxy = {
     address: listener.address,
     listener,

@@ -1,6 +1,6 @@
 import http from 'node:http';
-import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
+import type { Exposition } from './exposition-cache.js';
 
 export interface ReadinessCheck {
   /** Resolves with problems found; empty when ready. */
@@ -10,7 +10,7 @@ export interface ReadinessCheck {
 /** GET /metrics (Prometheus text format), /healthz (process alive), /readyz (can serve). */
 export async function startMetricsServer(
   address: { host: string; port: number },
-  registry: Registry,
+  exposition: Exposition,
   ready: ReadinessCheck,
   log: Logger,
 ): Promise<{ port: number; close(): Promise<void> }> {
@@ -21,9 +21,9 @@ export async function startMetricsServer(
       return;
     }
     if (path === '/metrics') {
-      registry
-        .metrics()
-        .then((text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text))
+      exposition
+        .render()
+        .then((text) => res.writeHead(200, { 'content-type': exposition.contentType }).end(text))
         .catch((err) => {
           log.warn({ err: (err as Error).message }, 'metrics collection failed');
           res.writeHead(500).end('metrics collection failed\n');
