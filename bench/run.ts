@@ -13,7 +13,8 @@
  * Environment: BENCH_QUICK=1 (2 rounds x 2 s, 40 jobs), BENCH_ROUNDS (5), BENCH_SECONDS (5),
  * BENCH_CLIENTS (16), BENCH_THREADS (2), BENCH_SCALE (10), BENCH_MODES (simple,extended,prepared),
  * BENCH_WARMUP (seconds per target before the rounds; 2, quick 0), BENCH_JOBS (200, quick 40),
- * BENCH_JOB_SQL ("SELECT 1"), BENCH_JOB_CLIENTS (4), BENCH_SCRAPE_MS (100), BENCH_SCRAPE_ROUNDS (10), BENCH_SKIP_BUILD=1,
+ * BENCH_JOB_SQL ("SELECT 1"), BENCH_JOB_CLIENTS (4), BENCH_SCRAPE_MS (100), BENCH_SCRAPE_ROUNDS (10),
+ * BENCH_SCRAPE_CPU_WINDOWS (3), BENCH_SCRAPE_CPU_SECONDS (10), BENCH_SCRAPER (curl|fetch), BENCH_SKIP_BUILD=1,
  * BENCH_MAX_WORKER_PROCESSES (the harness's 24), BENCH_PGBOUNCER (/usr/sbin/pgbouncer),
  * BENCH_OUT (bench/results/latest.json; the proxy's log goes next to it as proxy.log).
  * Everything it starts (cluster, PgBouncer, proxy) is stopped on exit, on error and on Ctrl-C.
@@ -27,6 +28,8 @@ import pg from 'pg';
 import { startCluster, freePort, ROLE_PASSWORDS, type Cluster } from '../test/harness/cluster.js';
 import { cleanupAll, installSignalHandlers, onCleanup, wasInterrupted } from './cleanup.js';
 import { cpuSeconds, runCommand, sleep, startPgBouncer, startProxyProcess, tail, type Bouncer, type ProxyProcess } from './procs.js';
+import { scraperKind, startScraper, type ScrapeStats } from './scraper.js';
+import { measureScrapeCpu, type ScrapeCpuResult } from './scrape-cpu.js';
 import { initPgbench, runPgbench, type PgbenchMode, type PgbenchRun, type PgbenchTarget } from './pgbench.js';
 import { drain, runJobBench, type JobBenchResult } from './jobs.js';
 import { fmt, max, median, min, percentile, ratio, table } from './stats.js';
@@ -58,6 +61,8 @@ const cfg = {
   scrapeMs: intEnv('BENCH_SCRAPE_MS', 100),
   /** More rounds than part 1: the effect looked for (2%) is smaller than run-to-run noise. */
   scrapeRounds: intEnv('BENCH_SCRAPE_ROUNDS', quick ? 2 : 10),
+  scrapeCpuWindows: intEnv('BENCH_SCRAPE_CPU_WINDOWS', quick ? 1 : 3),
+  scrapeCpuSeconds: intEnv('BENCH_SCRAPE_CPU_SECONDS', quick ? 3 : 10),
   /** 0: the test harness's value (24). */
   maxWorkerProcesses: intEnv('BENCH_MAX_WORKER_PROCESSES', 0),
   out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
@@ -125,45 +130,6 @@ async function probe(target: PgbenchTarget): Promise<string | null> {
   } finally {
     await client.end().catch(() => undefined);
   }
-}
-
-interface ScrapeStats {
-  scrapes: number;
-  errors: number;
-  bytes: number;
-  ms: number[];
-}
-
-function startScraper(url: string, intervalMs: number): { stats: ScrapeStats; stop(): Promise<void> } {
-  const stats: ScrapeStats = { scrapes: 0, errors: 0, bytes: 0, ms: [] };
-  let stopped = false;
-  const done = (async () => {
-    while (!stopped) {
-      const t0 = nowMs();
-      try {
-        const res = await fetch(url);
-        const text = await res.text();
-        if (res.ok) {
-          stats.scrapes++;
-          stats.bytes = Buffer.byteLength(text);
-        } else {
-          stats.errors++;
-        }
-      } catch {
-        stats.errors++;
-      }
-      const dt = nowMs() - t0;
-      stats.ms.push(dt);
-      if (!stopped) await sleep(Math.max(0, intervalMs - dt));
-    }
-  })();
-  return {
-    stats,
-    async stop() {
-      stopped = true;
-      await done;
-    },
-  };
 }
 
 function describeRun(r: PgbenchRun): string {
@@ -322,6 +288,7 @@ async function main(): Promise<number> {
     roundRatios: [],
     stats: { scrapes: 0, errors: 0, bytes: 0, ms: [] },
   };
+  let scrapeCpu: ScrapeCpuResult | null = null;
   try {
     const res = await fetch(metricsUrl);
     await res.text();
@@ -330,7 +297,7 @@ async function main(): Promise<number> {
     scrape.skipped = (err as Error).message;
   }
   if (!scrape.skipped) {
-    log(`part 2: pgbench -S -M simple through the proxy, with and without GET ${metricsUrl} every ${cfg.scrapeMs} ms`);
+    log(`part 2: pgbench -S -M simple through the proxy, with and without GET ${metricsUrl} every ${cfg.scrapeMs} ms (scraper: ${scraperKind()})`);
     for (let round = 0; round < cfg.scrapeRounds; round++) {
       const order: ('off' | 'on')[] = round % 2 === 0 ? ['off', 'on'] : ['on', 'off'];
       const parts: string[] = [];
@@ -356,6 +323,8 @@ async function main(): Promise<number> {
       if (thisRound.on !== undefined && thisRound.off !== undefined) scrape.roundRatios.push(thisRound.on / thisRound.off);
       log(`  round ${round + 1}/${cfg.scrapeRounds} ${parts.join(', ')}`);
     }
+    log(`part 2b: CPU of scraping with no other load, ${cfg.scrapeCpuWindows} x ${cfg.scrapeCpuSeconds} s windows with and without`);
+    scrapeCpu = await measureScrapeCpu(metricsUrl, cfg.scrapeMs, proxy.service.child.pid, cfg.scrapeCpuWindows, cfg.scrapeCpuSeconds);
   } else {
     log(`part 2: SKIPPED (metrics endpoint: ${scrape.skipped})`);
   }
@@ -472,6 +441,8 @@ async function main(): Promise<number> {
       medianWithout: off,
       medianWith: on,
       ratio: ratio(on, off),
+      scraper: scraperKind(),
+      cpu: scrapeCpu,
       roundRatios: scrape.roundRatios,
       medianRoundRatio: median(scrape.roundRatios),
       scrapes: scrape.stats.scrapes,
@@ -496,6 +467,13 @@ async function main(): Promise<number> {
       `ratio with/without: ${fmt(ratio(on, off), 3)} (median of the per-round ratios ${fmt(median(scrape.roundRatios), 3)}); ${scrape.stats.scrapes} scrapes (${scrape.stats.errors} errors), ` +
         `${fmt(scrape.stats.bytes / 1024, 1)} KiB each, scrape time p50 ${fmt(median(scrape.stats.ms), 1)} ms / p99 ${fmt(percentile(scrape.stats.ms, 99), 1)} ms`,
     );
+    if (scrapeCpu) {
+      log(
+        `CPU of scraping every ${cfg.scrapeMs} ms, no other load (${scrapeCpu.windows} x ${scrapeCpu.windowSeconds} s each way, ${scrapeCpu.scrapes} scrapes): ` +
+          `machine ${fmt(scrapeCpu.machineMsPerSecondWithout, 1)} -> ${fmt(scrapeCpu.machineMsPerSecondWith, 1)} ms CPU per second = ` +
+          `${fmt(scrapeCpu.machineShare * 100, 2)}% of the machine; proxy ${fmt(scrapeCpu.proxyMsPerScrape, 2)} ms CPU per scrape`,
+      );
+    }
     log();
   }
 

@@ -33,12 +33,15 @@ export class RegistryConnection {
     private readonly options: RegistryConnectionOptions,
   ) {}
 
-  /** Runs one statement; every failure becomes a PgError the console can show. */
-  query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
+  /**
+   * Runs one statement; every failure becomes a PgError the console can show. A statement run
+   * periodically can be given a name: it is then prepared once per connection and its plan reused.
+   */
+  query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, values: unknown[] = [], preparedName?: string): Promise<pg.QueryResult<R>> {
     const run = this.tail.then(async () => {
       const client = await this.connection();
       try {
-        return await client.query<R>(sql, values);
+        return await client.query<R>(preparedName ? { name: preparedName, text: sql, values } : { text: sql, values });
       } catch (err) {
         throw asPgError(err);
       }

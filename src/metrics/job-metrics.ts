@@ -18,12 +18,39 @@ interface Snapshot {
   slots: { max: string; used: string } | null;
 }
 
-/** Background workers draw on max_worker_processes; the other backend types listed do not. */
-const SLOTS_SQL = `SELECT current_setting('max_worker_processes') AS max,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
-                                    'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
-                                    'walreceiver', 'standalone backend')) AS used`;
+interface FinishedRow {
+  id: string;
+  database: string;
+  rule: string | null;
+  state: string;
+  seconds: number | null;
+  attempts: number;
+}
+
+/**
+ * Everything the job metrics show, read in one statement: jobs with a live worker, the queue,
+ * the worker slots (background workers draw on max_worker_processes; the other backend types
+ * listed do not), and the jobs above the finished-count cursor ($1).
+ */
+const SNAPSHOT_SQL = `SELECT
+  (SELECT COALESCE(jsonb_agg(g), '[]') FROM (
+     SELECT j.database, j.owner, j.rule, count(*) AS n
+       FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
+      WHERE j.state = 'running' GROUP BY 1, 2, 3) g) AS in_flight,
+  (SELECT COALESCE(jsonb_agg(g), '[]') FROM (
+     SELECT database, owner, rule, count(*) AS n,
+            extract(epoch FROM clock_timestamp() - min(queued_at))::float8 AS oldest
+       FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3) g) AS queued,
+  (SELECT to_jsonb(s) FROM (
+     SELECT current_setting('max_worker_processes') AS max,
+            (SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
+                                         'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
+                                         'walreceiver', 'standalone backend')) AS used) s) AS slots,
+  (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', f.id::text, 'database', f.database, 'rule', f.rule, 'state', f.state,
+                                                'seconds', extract(epoch FROM f.finished_at - f.started_at)::float8,
+                                                'attempts', f.attempts) ORDER BY f.id), '[]')
+     FROM (SELECT * FROM pgbg.job WHERE id > $1::bigint ORDER BY id LIMIT 10000) f) AS after_cursor`;
 
 /**
  * Job metrics read from the server at scrape time, so they cannot drift from the truth after a
@@ -140,39 +167,37 @@ export class JobMetrics {
   }
 
   private async load(): Promise<Snapshot> {
-    const inFlight = await this.query<GroupCount>(
-      `SELECT j.database, j.owner, j.rule, count(*) AS n
-         FROM pgbg.job j JOIN pg_stat_activity a ON a.pid = j.worker_pid
-        WHERE j.state = 'running' GROUP BY 1, 2, 3`,
+    if (!this.primed) await this.prime();
+    // One statement, so one round trip and one consistent view of the registry per interval.
+    const rows = await this.query<{ in_flight: GroupCount[]; queued: GroupCount[]; slots: { max: string; used: string } | null; after_cursor: FinishedRow[] }>(
+      SNAPSHOT_SQL,
+      [this.lastFinishedId.toString()],
+      'pgbg_metrics_snapshot',
     );
-    const queued = await this.query<GroupCount>(`SELECT database, owner, rule, count(*) AS n,
-              extract(epoch FROM clock_timestamp() - min(queued_at))::float8 AS oldest
-         FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3`);
-    const slots = await this.query<{ max: string; used: string }>(SLOTS_SQL);
-    await this.collectFinished();
-    return { inFlight, queued, slots: slots[0] ?? null };
+    const row = rows[0];
+    if (!row) return { inFlight: [], queued: [], slots: null };
+    this.countFinished(row.after_cursor);
+    return { inFlight: row.in_flight, queued: row.queued, slots: row.slots };
   }
 
-  private async collectFinished(): Promise<void> {
-    if (!this.primed) {
-      // Jobs already finished when this proxy started (first reading, at construction) are not
-      // counted; active ones will be.
-      const r = await this.query<{ cursor: string | null }>(
-        `SELECT COALESCE((SELECT min(id) - 1 FROM pgbg.job WHERE state IN ('queued', 'running')), (SELECT max(id) FROM pgbg.job), 0)::text AS cursor`,
-      );
-      this.lastFinishedId = BigInt(r[0]?.cursor ?? 0);
-      const done = await this.query<{ id: string }>(`SELECT id::text FROM pgbg.job WHERE id > $1 AND state NOT IN ('queued', 'running')`, [this.lastFinishedId.toString()]);
-      for (const d of done) this.countedAbove.add(d.id);
-      this.primed = true;
-    }
-    // Each job is counted once, when first seen terminal. The cursor advances over the
-    // contiguous prefix of finished ids; ids above it already counted are remembered, so one
-    // long job does not hold back the count of those that end after it.
-    const rows = await this.query<{ id: string; database: string; rule: string | null; state: string; seconds: number | null; attempts: number }>(
-      `SELECT id::text, database, rule, state, extract(epoch FROM finished_at - started_at)::float8 AS seconds, attempts
-         FROM pgbg.job WHERE id > $1 ORDER BY id LIMIT 10000`,
-      [this.lastFinishedId.toString()],
+  /** Jobs already finished when this proxy started (first reading, at construction) are not counted; active ones will be. */
+  private async prime(): Promise<void> {
+    const r = await this.query<{ cursor: string | null }>(
+      `SELECT COALESCE((SELECT min(id) - 1 FROM pgbg.job WHERE state IN ('queued', 'running')), (SELECT max(id) FROM pgbg.job), 0)::text AS cursor`,
     );
+    if (r.length === 0) return; // not readable yet: try again with the next snapshot
+    this.lastFinishedId = BigInt(r[0]?.cursor ?? 0);
+    const done = await this.query<{ id: string }>(`SELECT id::text FROM pgbg.job WHERE id > $1 AND state NOT IN ('queued', 'running')`, [this.lastFinishedId.toString()]);
+    for (const d of done) this.countedAbove.add(d.id);
+    this.primed = true;
+  }
+
+  /**
+   * Each job is counted once, when first seen terminal. The cursor advances over the contiguous
+   * prefix of finished ids; ids above it already counted are remembered, so one long job does
+   * not hold back the count of those that end after it.
+   */
+  private countFinished(rows: FinishedRow[]): void {
     let prefix = true;
     for (const r of rows) {
       const terminal = r.state !== 'queued' && r.state !== 'running';
@@ -192,9 +217,9 @@ export class JobMetrics {
   }
 
   /** A failed read shows as no rows; the scrape goes on and the next snapshot tries again. */
-  private async query<R extends pg.QueryResultRow>(sql: string, values: unknown[] = []): Promise<R[]> {
+  private async query<R extends pg.QueryResultRow>(sql: string, values: unknown[] = [], preparedName?: string): Promise<R[]> {
     try {
-      return (await this.registry.query<R>(sql, values)).rows;
+      return (await this.registry.query<R>(sql, values, preparedName)).rows;
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, 'metrics query failed');
       return [];

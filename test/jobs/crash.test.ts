@@ -23,6 +23,17 @@ afterAll(async () => {
   await observer?.end();
 });
 
+/** A proxy as its own process (so it can be SIGKILLed) and a client of alice's through it. */
+async function proxyWithClient(extraArgs: string[] = []): Promise<{ proxy: ChildProxy; client: pg.Client; upstream: string }> {
+  const upstream = `${cluster.host}:${cluster.port}`;
+  const proxy = await startChildProxy(['--upstream', upstream, '--log-level', 'warn', ...extraArgs]);
+  children.push(proxy);
+  const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: proxy.port });
+  client.on('error', () => {});
+  await client.connect();
+  return { proxy, client, upstream };
+}
+
 async function states(ids: string[]): Promise<Record<string, string>> {
   const r = await observer.query('SELECT id::text, state FROM pgbg.jobs WHERE id = ANY($1::bigint[])', [ids]);
   return Object.fromEntries(r.rows.map((x) => [x.id, x.state]));
@@ -30,12 +41,7 @@ async function states(ids: string[]): Promise<Record<string, string>> {
 
 describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
   it('leaves every job in a true terminal state once a proxy is back', async () => {
-    const upstream = `${cluster.host}:${cluster.port}`;
-    const first = await startChildProxy(['--upstream', upstream, '--log-level', 'warn']);
-    children.push(first);
-    const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: first.port });
-    client.on('error', () => {});
-    await client.connect();
+    const { proxy: first, client, upstream } = await proxyWithClient();
     // Transactional: records its own outcome in the worker, whatever happens to the proxy.
     const tx = await submit(client, '/*+ background */ UPDATE crash SET v = v + 1 WHERE pg_sleep(0.02) IS NOT NULL');
     // Supervised: only the launching session can read its outcome, and that session dies.
@@ -66,12 +72,7 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
   });
 
   it('queued jobs of a killed proxy end lost, never launched twice; running ones still succeed', async () => {
-    const upstream = `${cluster.host}:${cluster.port}`;
-    const first = await startChildProxy(['--upstream', upstream, '--log-level', 'warn', '--max-in-flight', '1']);
-    children.push(first);
-    const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: first.port });
-    client.on('error', () => {});
-    await client.connect();
+    const { proxy: first, client, upstream } = await proxyWithClient(['--max-in-flight', '1']);
     const running = await submit(client, '/*+ background */ UPDATE crash SET v = v + 1 WHERE pg_sleep(0.01) IS NOT NULL');
     const queued = [await submit(client, '/*+ background */ UPDATE crash SET v = v + 100'), await submit(client, '/*+ background */ SELECT 1')];
     expect(Object.values(await states(queued))).toEqual(['queued', 'queued']);
@@ -108,12 +109,7 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
         RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
       END $$;
     `);
-    const upstream = `${cluster.host}:${cluster.port}`;
-    const first = await startChildProxy(['--upstream', upstream, '--log-level', 'warn']);
-    children.push(first);
-    const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: first.port });
-    client.on('error', () => {});
-    await client.connect();
+    const { proxy: first, client, upstream } = await proxyWithClient();
     const id = await submit(client, '/*+ background(max_attempts=50) */ UPDATE crash SET v = always_conflicts() WHERE id = 1');
     // Wait for the first retry to be scheduled, then kill the proxy that would launch the next attempt.
     const deadline = Date.now() + 20_000;
