@@ -86,6 +86,7 @@ describe('retries of transactional jobs (scheduling acceptance 3)', () => {
     for (let i = 1; i < 3; i++) {
       const gap = new Date(attempts.rows[i].started_at).getTime() - new Date(attempts.rows[i - 1].finished_at).getTime();
       expect(gap).toBeGreaterThanOrEqual(50 * 2 ** (i - 1) - 5);
+      console.log(`attempt ${i + 1} started ${gap} ms after attempt ${i} failed`);
     }
     const metrics = await (await fetch(`http://127.0.0.1:${via.proxy.metricsPort}/metrics`)).text();
     const retries = /^pgbg_job_retries_total\{[^}]*\} (\d+)/m.exec(metrics);
@@ -164,6 +165,7 @@ describe('windows and not_before (scheduling acceptance 4)', () => {
     expect(ran.rows).toHaveLength(1);
     expect(new Date(ran.rows[0].at).getTime()).toBeGreaterThanOrEqual(new Date(opens).getTime());
     expect(new Date(done.started_at).getTime()).toBeGreaterThanOrEqual(new Date(opens).getTime());
+    console.log(`window opened ${new Date(opens).getTime() - new Date(queued.submitted_at).getTime()} ms after submission; the job started ${new Date(done.started_at).getTime() - new Date(opens).getTime()} ms after the opening`);
     await client.end();
   });
 
