@@ -113,8 +113,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const jobId = job.jobId.toString();
     // Paused: look without launching (an empty limits object would admit everything).
     const sql = this.isPaused()
-      ? 'SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts FROM pgbg.job WHERE id = $1'
-      : 'SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1';
+      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id = $1`
+      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1`;
     const params = this.isPaused() ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
     const r = await runStatement(channel, sql, params);
     const err = serverError(r);
@@ -122,9 +122,10 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       this.log.warn({ event: 'job_launch_failed', job_id: jobId, sqlstate: err.code, err: err.message }, 'queued job could not be launched; will try again');
       return null;
     }
-    const [state, workerPid, cookie, api, transactional, attempts] = (r.rows[0] ?? []) as (string | null)[];
+    const [state, workerPid, cookie, api, transactional, attempts, dueInMs] = (r.rows[0] ?? []) as (string | null)[];
     if (!state) return { state: 'lost' }; // the row is gone: nothing left to watch
     const outcome: LaunchOutcome = { state };
+    if (state === 'queued' && dueInMs !== null && Number(dueInMs) > 0) outcome.dueInMs = Number(dueInMs);
     if (workerPid) {
       outcome.workerPid = Number(workerPid);
       const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, transactional === 't');
@@ -145,6 +146,12 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     return superviseStep(channel, worker, this.log);
   }
 }
+
+/**
+ * How long until a queued job may start (its window opens, or its retry backoff ends), computed
+ * by the server so that clock skew between proxy and server does not matter.
+ */
+const DUE_IN_MS = `GREATEST(0, ceil(extract(epoch FROM j.not_before - clock_timestamp()) * 1000))::bigint AS due_in_ms`;
 
 function supervisedWorker(jobId: bigint, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SupervisedWorker | null {
   if (transactional || !workerPid) return null;

@@ -36,6 +36,8 @@ export interface LaunchOutcome {
   supervised?: SupervisedWorker;
   /** Set when this look launched a worker. */
   workerPid?: number;
+  /** Set when the job is queued but not due yet: milliseconds until it may start. */
+  dueInMs?: number;
 }
 
 export interface SupervisedWorker {

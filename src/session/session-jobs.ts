@@ -3,12 +3,18 @@ import type { SessionChannel } from '../upstream/channel.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'lost']);
 
-/** How often a running job that may come back for a retry is looked at. */
-const RUNNING_LOOK_MS = 1000;
+/**
+ * How often a running job that may come back for a retry is looked at: soon after its launch,
+ * when transient failures (lock timeouts, deadlocks, serialization failures) mostly happen, then
+ * less and less often, so a long job costs a look every few seconds at most.
+ */
+const RUNNING_LOOK_FIRST_MS = 100;
+const RUNNING_LOOK_MAX_MS = 4000;
 
 interface Watch extends WatchedJob {
   state: string;
   nextLookAt: number;
+  runningLookMs: number;
 }
 
 /**
@@ -34,7 +40,8 @@ export class SessionJobs {
         mayRetry,
         onDisconnect,
         state: job.state,
-        nextLookAt: job.state === 'queued' ? 0 : Date.now() + RUNNING_LOOK_MS,
+        nextLookAt: job.state === 'queued' ? 0 : Date.now() + RUNNING_LOOK_FIRST_MS,
+        runningLookMs: RUNNING_LOOK_FIRST_MS * 2,
       });
     }
   }
@@ -72,7 +79,16 @@ export class SessionJobs {
         this.watched.delete(w.jobId);
         continue;
       }
-      w.nextLookAt = Date.now() + (out.state === 'running' ? RUNNING_LOOK_MS : pollMs);
+      if (out.state === 'running') {
+        w.nextLookAt = Date.now() + w.runningLookMs;
+        w.runningLookMs = Math.min(w.runningLookMs * 2, RUNNING_LOOK_MAX_MS);
+      } else {
+        // Queued again (a retry waiting for its backoff) or still waiting for admission.
+        w.runningLookMs = RUNNING_LOOK_FIRST_MS;
+        // Not due yet: sleep until it is, but look at least once a minute (timers cannot wait
+        // beyond 2^31 ms, and a far-off not_before may be cancelled or rescheduled meanwhile).
+        w.nextLookAt = Date.now() + Math.min(out.dueInMs ?? pollMs, 60_000);
+      }
     }
     for (const worker of [...this.supervised.values()]) {
       if (await this.submitter.poll(channel, worker)) this.supervised.delete(worker.jobId);

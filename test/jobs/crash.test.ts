@@ -44,8 +44,9 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
     const { proxy: first, client, upstream } = await proxyWithClient();
     // Transactional: records its own outcome in the worker, whatever happens to the proxy.
     const tx = await submit(client, '/*+ background */ UPDATE crash SET v = v + 1 WHERE pg_sleep(0.02) IS NOT NULL');
-    // Supervised: only the launching session can read its outcome, and that session dies.
-    const sup = await submit(client, '/*+ background */ CREATE INDEX CONCURRENTLY crash_v_idx ON crash (v) WHERE pg_sleep(0.01) IS NOT NULL');
+    // Supervised: only the launching session can read its outcome, and that session dies. The
+    // build waits for the UPDATE above (CONCURRENTLY waits out writers), so it is still running then.
+    const sup = await submit(client, '/*+ background */ CREATE INDEX CONCURRENTLY crash_v_idx ON crash (v)');
     expect(Object.values(await states([tx, sup]))).toEqual(['running', 'running']);
 
     expect(await first.kill('SIGKILL')).toBeNull();
@@ -63,7 +64,8 @@ describe('a proxy killed with SIGKILL while jobs run (acceptance 6)', () => {
     }
     expect(now[tx]).toBe('succeeded');
     expect((await observer.query('SELECT sum(v)::int AS s FROM crash')).rows[0].s).toBe(100);
-    const job = (await observer.query('SELECT state, lost_reason FROM pgbg.jobs WHERE id = $1', [sup])).rows[0];
+    const job = (await observer.query('SELECT state, lost_reason, sqlstate, error FROM pgbg.jobs WHERE id = $1', [sup])).rows[0];
+    console.log('supervised job after the crash:', JSON.stringify(job));
     // The index build itself completed or not; the registry says it cannot know, never "running".
     expect(['succeeded', 'lost']).toContain(job.state);
     if (job.state === 'lost') expect(job.lost_reason).toMatch(/session/);
