@@ -171,6 +171,22 @@ describe('windows and not_before (scheduling acceptance 4)', () => {
     await client.end();
   });
 
+  it("a rule's timeout ends an overrunning matched job failed with 57014; the hint's timeout wins over it", async () => {
+    const via = await proxy({
+      jobs: { supervisePoll: 50 },
+      rules: [{ name: 'short-leash', match: { pattern: 'rule_timeout_probe' }, timeout: 300 }],
+    });
+    const client = await via.connect({ user: 'alice', database: db });
+    const slow = String((await client.query('SELECT pg_sleep(3) /* rule_timeout_probe */')).rows[0].job_id);
+    const hinted = await submit(client, "/*+ background(timeout='5s') */ SELECT pg_sleep(0.6) /* rule_timeout_probe */");
+    const failed = await waitJob(observer, slow);
+    expect(failed).toMatchObject({ state: 'failed', sqlstate: '57014', rule: 'short-leash' });
+    expect(new Date(failed.finished_at).getTime() - new Date(failed.started_at).getTime()).toBeLessThan(2500);
+    // A hinted statement is the hint's job: its own timeout applies, not the rule's.
+    expect(await waitJob(observer, hinted)).toMatchObject({ state: 'succeeded' });
+    await client.end();
+  });
+
   it('not_before= holds one statement until the given time', async () => {
     const via = await proxy({ jobs: { supervisePoll: 50 } });
     const client = await via.connect({ user: 'alice', database: db });
