@@ -3,6 +3,7 @@ import pg from 'pg';
 import { getCluster } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
+import { validateConfig } from '../../src/config/load.js';
 
 const cluster = getCluster();
 let via: TestProxy;
@@ -82,6 +83,39 @@ describe('in-flight limit and the durable queue (scheduling acceptance 1)', () =
     expect((await waitJob(observer, queued)).state).toBe('cancelled');
     for (const id of fill) expect((await waitJob(observer, id)).state).toBe('succeeded');
     await blocker.end();
+  });
+});
+
+describe('limits are reloadable', () => {
+  it("raising a rule's limit by a reload launches its queued jobs without a restart", async () => {
+    // A rule limit is counted in this file's own registry, so workers of other test files
+    // running on the shared cluster cannot change what this test sees.
+    const settings = (maxInFlight: number) => ({
+      upstream: { host: cluster.host, port: cluster.port },
+      jobs: { supervisePoll: 50 },
+      rules: [{ name: 'reload-probe', match: { pattern: 'reload_probe' }, maxInFlight }],
+    });
+    const own = await startTestProxy(cluster, settings(1));
+    const client = await own.connect({ user: 'alice', database: db });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push(String((await client.query('SELECT pg_sleep(2) /* reload_probe */')).rows[0].job_id));
+    const states = async () => (await observer.query('SELECT state FROM pgbg.job WHERE id = ANY($1::bigint[]) ORDER BY id', [ids])).rows.map((r) => r.state);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await states()).toEqual(['running', 'queued', 'queued']);
+
+    own.proxy.reload(validateConfig({ listen: '127.0.0.1:0', ...settings(3) }));
+    const reloadedAt = Date.now();
+    let now: string[] = [];
+    while (Date.now() - reloadedAt < 1500) {
+      now = await states();
+      if (now.every((st) => st === 'running')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // All three run at once while the first still sleeps: the queued two did not wait for it.
+    expect(now).toEqual(['running', 'running', 'running']);
+    for (const id of ids) expect((await waitJob(observer, id)).state).toBe('succeeded');
+    await client.end();
+    await own.close();
   });
 });
 
