@@ -112,10 +112,11 @@ export class PgBackgroundSubmitter implements JobSubmitter {
   async launchQueued(channel: SessionChannel, job: WatchedJob, ctx: SubmitContext): Promise<LaunchOutcome | null> {
     const jobId = job.jobId.toString();
     // Paused: look without launching (an empty limits object would admit everything).
-    const sql = this.isPaused()
+    const paused = this.isPaused();
+    const sql = paused
       ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id = $1`
       : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1`;
-    const params = this.isPaused() ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
+    const params = paused ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
     const r = await runStatement(channel, sql, params);
     const err = serverError(r);
     if (err) {
@@ -127,7 +128,6 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const outcome: LaunchOutcome = { state };
     if (state === 'queued' && dueInMs !== null && Number(dueInMs) > 0) outcome.dueInMs = Number(dueInMs);
     if (workerPid) {
-      outcome.workerPid = Number(workerPid);
       const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, transactional === 't');
       if (supervised) outcome.supervised = supervised;
       this.log.info({ event: 'job_launched', job_id: jobId, worker_pid: Number(workerPid), attempt: Number(attempts) }, 'queued job launched');

@@ -34,8 +34,6 @@ export interface LaunchOutcome {
   state: string;
   /** Set when this look launched a non-transactional job that this session must supervise. */
   supervised?: SupervisedWorker;
-  /** Set when this look launched a worker. */
-  workerPid?: number;
   /** Set when the job is queued but not due yet: milliseconds until it may start. */
   dueInMs?: number;
 }

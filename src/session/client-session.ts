@@ -563,7 +563,7 @@ export class ClientSession implements BackendStreamSink {
     }
     this.superviseDue = false;
     this.runLocal(async () => {
-      if (this.clientGone && jobs.wantsCancelOnDisconnect) await jobs.cancelOnDisconnect(this.channel);
+      if (this.clientGone) await jobs.cancelOnDisconnect(this.channel);
       await jobs.step(this.channel, this.submitContext(), this.deps.settings().supervisePollMs);
       this.scheduleSupervision();
     });

@@ -24,7 +24,7 @@ interface Watch extends WatchedJob {
  * come back to the queue when an attempt fails with a transient error.
  */
 export class SessionJobs {
-  readonly supervised = new Map<bigint, SupervisedWorker>();
+  private readonly supervised = new Map<bigint, SupervisedWorker>();
   private readonly watched = new Map<bigint, Watch>();
 
   constructor(private readonly submitter: JobSubmitter) {}
@@ -111,10 +111,6 @@ export class SessionJobs {
       await this.submitter.cancel(channel, w.jobId);
       this.watched.delete(w.jobId);
     }
-  }
-
-  get wantsCancelOnDisconnect(): boolean {
-    return [...this.watched.values()].some((w) => w.onDisconnect === 'cancel' && w.state === 'queued');
   }
 
   clear(): void {
