@@ -56,7 +56,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   let current = config;
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
-  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, config.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
+  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
   const pause = new PauseSwitch();
   pause.exportTo(metrics.registry);
   const controls = createAdminControls({

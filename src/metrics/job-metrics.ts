@@ -72,7 +72,8 @@ export class JobMetrics {
     url: string,
     metricsRegistry: Registry,
     private readonly log: Logger,
-    private readonly snapshotTtlMs = 1000,
+    /** Read on each scrape, so a reload applies (the /metrics text cache uses the same setting). */
+    private readonly snapshotTtlMs: () => number = () => 1000,
     connectTimeoutMs = 5000,
   ) {
     this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy metrics' });
@@ -159,7 +160,7 @@ export class JobMetrics {
    */
   snapshot(): Promise<Snapshot> {
     const now = Date.now();
-    if (!this.current || now - this.takenAt >= this.snapshotTtlMs) {
+    if (!this.current || now - this.takenAt >= this.snapshotTtlMs()) {
       this.takenAt = now;
       this.current = this.load();
     }
@@ -176,7 +177,9 @@ export class JobMetrics {
     );
     const row = rows[0];
     if (!row) return { inFlight: [], queued: [], slots: null };
-    this.countFinished(row.after_cursor);
+    // Unprimed (the first reading failed), the cursor is 0: counting now would count every job
+    // that had finished before this proxy started.
+    if (this.primed) this.countFinished(row.after_cursor);
     return { inFlight: row.in_flight, queued: row.queued, slots: row.slots };
   }
 
