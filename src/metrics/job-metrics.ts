@@ -29,8 +29,8 @@ interface FinishedRow {
 
 /**
  * Everything the job metrics show, read in one statement: jobs with a live worker, the queue,
- * the worker slots (background workers draw on max_worker_processes; the other backend types
- * listed do not), and the jobs above the finished-count cursor ($1).
+ * the worker slots (max_worker_processes and pgbg.worker_slots_used()), and the jobs above the
+ * finished-count cursor ($1).
  */
 const SNAPSHOT_SQL = `SELECT
   (SELECT COALESCE(jsonb_agg(g), '[]') FROM (
@@ -42,11 +42,7 @@ const SNAPSHOT_SQL = `SELECT
             extract(epoch FROM clock_timestamp() - min(queued_at))::float8 AS oldest
        FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3) g) AS queued,
   (SELECT to_jsonb(s) FROM (
-     SELECT current_setting('max_worker_processes') AS max,
-            (SELECT count(*) FROM pg_stat_activity
-              WHERE backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'checkpointer',
-                                         'background writer', 'walwriter', 'startup', 'archiver', 'walsender',
-                                         'walreceiver', 'standalone backend')) AS used) s) AS slots,
+     SELECT current_setting('max_worker_processes') AS max, pgbg.worker_slots_used() AS used) s) AS slots,
   (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', f.id::text, 'database', f.database, 'rule', f.rule, 'state', f.state,
                                                 'seconds', extract(epoch FROM f.finished_at - f.started_at)::float8,
                                                 'attempts', f.attempts) ORDER BY f.id), '[]')

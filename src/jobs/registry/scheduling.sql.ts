@@ -115,6 +115,19 @@ BEGIN
 END
 $fn$;
 
+-- Slots of max_worker_processes in use by any background worker (pg_background, parallel query,
+-- logical replication, other extensions'). The backend types listed are server processes that
+-- do not take a slot. Also read by the proxy's worker-slot metric.
+CREATE FUNCTION pgbg.worker_slots_used() RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  SELECT count(*)::integer FROM pg_stat_activity a
+   WHERE a.backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker', 'background writer',
+                                'checkpointer', 'walwriter', 'walsender', 'walreceiver', 'startup', 'archiver',
+                                'logger', 'standalone backend')
+$fn$;
+
 -- Does the job's own scope (database, owner, rule) have room under p_limits?
 CREATE FUNCTION pgbg._scope_has_room(p_database name, p_owner name, p_rule text, p_limits jsonb) RETURNS boolean
 LANGUAGE sql VOLATILE
@@ -140,11 +153,7 @@ AS $fn$
                   AND a.pid <> pg_backend_pid()
                   AND a.query !~* 'pgbg\s*\.\s*a?wait\s*\(') > (p_limits->>'busy_active_backends')::integer)
       OR (p_limits->'busy_min_free_workers' IS NOT NULL
-          AND current_setting('max_worker_processes')::integer
-              - (SELECT count(*) FROM pg_stat_activity a
-                  WHERE a.backend_type NOT IN ('client backend', 'autovacuum launcher', 'autovacuum worker',
-                                               'background writer', 'checkpointer', 'walwriter', 'walsender',
-                                               'walreceiver', 'startup', 'archiver', 'logger', 'standalone backend'))
+          AND current_setting('max_worker_processes')::integer - pgbg.worker_slots_used()
               < (p_limits->>'busy_min_free_workers')::integer)
 $fn$;
 
@@ -308,17 +317,15 @@ BEGIN
     RETURN;
   END;
   IF pgbg.admit(job_id, submit_and_launch.limits) THEN
-    IF NOT v_queue_mode THEN
-      SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
-      RETURN;
-    END IF;
-    -- Worker slots taken by other workers (autovacuum, parallel query, replication) make the
-    -- job wait in the queue instead of failing.
     BEGIN
       SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
       RETURN;
     EXCEPTION WHEN insufficient_resources OR configuration_limit_exceeded THEN
-      NULL;
+      -- In queue mode, worker slots taken by other workers (autovacuum, parallel query,
+      -- replication) make the job wait in the queue instead of failing.
+      IF NOT v_queue_mode THEN
+        RAISE;
+      END IF;
     END;
   END IF;
   IF pg_catalog.jsonb_typeof(submit_and_launch.limits OPERATOR(pg_catalog.->) 'queue') = 'number'
@@ -336,6 +343,7 @@ REVOKE ALL ON FUNCTION
   pgbg._due(timestamptz, jsonb),
   pgbg.default_max_in_flight(),
   pgbg.in_flight(text, text),
+  pgbg.worker_slots_used(),
   pgbg._scope_has_room(name, name, text, jsonb),
   pgbg._server_busy(jsonb),
   pgbg._could_launch(pgbg.job),
@@ -352,6 +360,7 @@ GRANT EXECUTE ON FUNCTION
   pgbg._due(timestamptz, jsonb),
   pgbg.default_max_in_flight(),
   pgbg.in_flight(text, text),
+  pgbg.worker_slots_used(),
   pgbg.queue_position(bigint),
   pgbg._queue_length(),
   pgbg.admit(bigint, jsonb),
