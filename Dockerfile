@@ -16,6 +16,7 @@ RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 COPY config ./config
+COPY sql ./sql
 USER node
 EXPOSE 6432 9187
 # /healthz answers while the process is alive; /readyz also checks the server and the registry.

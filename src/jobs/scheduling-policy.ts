@@ -7,7 +7,7 @@ export interface LimitScope {
   rule: string | null;
 }
 
-/** The limits object pgbg.admit reads (see src/jobs/registry/scheduling.sql.ts). */
+/** The limits object pgbg.admit reads (see sql/registry/001-registry.sql). */
 export type AdmissionLimits = Record<string, number | string>;
 
 export interface RetryPolicy {

@@ -1,17 +1,34 @@
-import { V1_SQL } from './v1.sql.js';
-import { V2_SQL } from './progress.sql.js';
+import { readFileSync } from 'node:fs';
+
+/**
+ * The registry's SQL lives in numbered files under sql/registry/ at the package root, so a
+ * reader can open, lint and run them with psql (as graphile-worker keeps its migrations).
+ * This module sits three levels below the root both as src/jobs/registry/index.ts and as
+ * dist/jobs/registry/index.js, so one relative path finds them from either.
+ */
+const SQL_DIR = new URL('../../../sql/registry/', import.meta.url);
+
+function migrationSql(file: string): string {
+  return readFileSync(new URL(file, SQL_DIR), 'utf8');
+}
 
 /** One registry schema version: applied in its own transaction by migrate(). */
 export interface RegistryMigration {
   version: number;
   description: string;
+  /** File under sql/registry/ that holds this version's SQL. */
+  file: string;
   sql: string;
+}
+
+function migration(version: number, file: string, description: string): RegistryMigration {
+  return { version, file, description, sql: migrationSql(file) };
 }
 
 /** Every registry version, in order. Append; never edit a released one. */
 export const MIGRATIONS: readonly RegistryMigration[] = [
-  { version: 1, description: 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS', sql: V1_SQL },
-  { version: 2, description: 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)', sql: V2_SQL },
+  migration(1, '001-registry.sql', 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS'),
+  migration(2, '002-progress.sql', 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */

@@ -1,10 +1,9 @@
-/**
- * Progress of whatever a worker is doing, from the pg_stat_progress_* views, as one
- * (pid, phase, percent) per backend. The percentage uses the counter that measures the current
- * phase: blocks where PostgreSQL counts blocks, tuples or lockers where it counts those, bytes
- * for COPY. NULL when the phase has no total (PostgreSQL reports 0 for an unknown total).
- */
-export const WORKER_PROGRESS_SQL = `
+-- Job registry, schema version 2: progress of running jobs in pgbg.jobs (elapsed time, wait
+-- event, phase and percent done). Both views are security_invoker: a user sees the progress of
+-- its own workers, pgbg_admin members with pg_read_all_stats see every worker's.
+-- Released: never edit this file; change the registry with a new numbered migration.
+
+CREATE VIEW pgbg.worker_progress WITH (security_invoker = true) AS 
   SELECT v.pid, 'vacuum: ' || v.phase AS phase,
          CASE WHEN v.heap_blks_total > 0 THEN 100.0 *
               (CASE WHEN v.phase = 'vacuuming heap' THEN v.heap_blks_vacuumed ELSE v.heap_blks_scanned END) / v.heap_blks_total END AS percent
@@ -28,15 +27,7 @@ export const WORKER_PROGRESS_SQL = `
   UNION ALL
   SELECT p.pid, pg_catalog.lower(p.command) || ' (' || pg_catalog.lower(p.type) || ')',
          CASE WHEN p.bytes_total > 0 THEN 100.0 * p.bytes_processed / p.bytes_total END
-    FROM pg_catalog.pg_stat_progress_copy p`;
-
-/**
- * Registry version 2: progress of running jobs in pgbg.jobs (elapsed time, wait event, phase
- * and percent done). Both views are security_invoker: a user sees the progress of its own
- * workers, pgbg_admin members with pg_read_all_stats see every worker's.
- */
-export const V2_SQL = `
-CREATE VIEW pgbg.worker_progress WITH (security_invoker = true) AS ${WORKER_PROGRESS_SQL};
+    FROM pg_catalog.pg_stat_progress_copy p;
 GRANT SELECT ON pgbg.worker_progress TO PUBLIC;
 
 CREATE OR REPLACE VIEW pgbg.jobs WITH (security_invoker = true) AS
@@ -72,4 +63,3 @@ SELECT j.id,
          ON j.state = 'running' AND a.pid = j.worker_pid
         AND (j.worker_start IS NULL OR a.backend_start = j.worker_start)
   LEFT JOIN pgbg.worker_progress p ON p.pid = a.pid;
-`;
