@@ -51,7 +51,18 @@ async function inTransaction<T>(client: Queryable, fn: () => Promise<T>): Promis
  * Must run as a superuser (the registry has SECURITY DEFINER functions that read
  * pg_stat_activity and signal workers, and it creates the role pgbg_admin).
  */
-export async function migrate(client: pg.Client | Queryable): Promise<{ from: number; to: number }> {
+export interface MigrateOptions {
+  /**
+   * Stop at this registry version instead of the newest (upgrade tests build an older registry,
+   * fill it, then migrate the rest of the way). Never below the installed version.
+   */
+  toVersion?: number;
+}
+
+export async function migrate(
+  client: pg.Client | Queryable,
+  options: MigrateOptions = {},
+): Promise<{ from: number; to: number }> {
   const c = client as Queryable;
   const who = await c.query(
     `SELECT current_user AS "user", current_database() AS db,
@@ -68,13 +79,13 @@ export async function migrate(client: pg.Client | Queryable): Promise<{ from: nu
 
   await c.query(LOCK_SQL);
   try {
-    return await migrateLocked(c, db);
+    return await migrateLocked(c, db, options.toVersion ?? REGISTRY_VERSION);
   } finally {
     await c.query(UNLOCK_SQL).catch(() => undefined);
   }
 }
 
-async function migrateLocked(c: Queryable, db: string): Promise<{ from: number; to: number }> {
+async function migrateLocked(c: Queryable, db: string, target: number): Promise<{ from: number; to: number }> {
   // Step 0: schema and version table.
   const from = await inTransaction(c, async () => {
     const owner = await c.query(
@@ -114,6 +125,7 @@ async function migrateLocked(c: Queryable, db: string): Promise<{ from: number; 
   let to = from;
   for (const m of MIGRATIONS) {
     if (m.version <= to) continue;
+    if (m.version > target) break;
     to = await inTransaction(c, async () => {
       try {
         await c.query(m.sql);
