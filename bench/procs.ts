@@ -187,6 +187,8 @@ export async function startPgBouncer(opts: {
   user: string;
   password: string;
   osUser: string | null;
+  /** max_client_conn (200); the idle-session part raises it. */
+  maxClientConn?: number;
 }): Promise<Bouncer> {
   if (!existsSync(PGBOUNCER_BIN)) throw new Error(`${PGBOUNCER_BIN} not found (apt-get install pgbouncer)`);
   const version = (spawnSync(PGBOUNCER_BIN, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0].trim();
@@ -206,7 +208,7 @@ export async function startPgBouncer(opts: {
     `auth_type = scram-sha-256`,
     `auth_file = ${path.join(dir, 'userlist.txt')}`,
     `pool_mode = session`,
-    `max_client_conn = 200`,
+    `max_client_conn = ${opts.maxClientConn ?? 200}`,
     `default_pool_size = 100`,
     `ignore_startup_parameters = extra_float_digits`,
     `pidfile = ${path.join(dir, 'pgbouncer.pid')}`,
@@ -263,6 +265,8 @@ export async function startProxyProcess(opts: {
   metricsPort: number | null;
   logFile: string;
   env?: Record<string, string>;
+  /** YAML written to a file next to the log and passed as --config. */
+  configYaml?: string;
 }): Promise<ProxyProcess> {
   const args = [
     path.join(opts.repoDir, 'bin/pgbg-proxy.js'),
@@ -275,6 +279,11 @@ export async function startProxyProcess(opts: {
     'warn',
   ];
   if (opts.metricsPort !== null) args.push('--metrics-listen', `127.0.0.1:${opts.metricsPort}`);
+  if (opts.configYaml !== undefined) {
+    const configFile = path.join(path.dirname(opts.logFile), 'proxy.yaml');
+    await fs.writeFile(configFile, opts.configYaml);
+    args.push('--config', configFile);
+  }
   const service = startService('pgbg-proxy', process.execPath, args, {
     cwd: opts.repoDir,
     env: { ...process.env, ...opts.env },
@@ -289,4 +298,29 @@ export async function startProxyProcess(opts: {
     throw new Error(`pgbg-proxy did not start: ${(err as Error).message}\n${tail(opts.logFile)}`);
   }
   return { port: opts.port, metricsPort: opts.metricsPort, service };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bare relay (bench/bare-relay.ts): the floor for a Node.js relay
+// ---------------------------------------------------------------------------------------------
+
+export interface BareRelay {
+  port: number;
+  service: Service;
+}
+
+export async function startBareRelay(opts: { repoDir: string; port: number; upstreamHost: string; upstreamPort: number; logFile: string }): Promise<BareRelay> {
+  const script = path.join(opts.repoDir, 'bench/bare-relay.ts');
+  const service = startService('bare relay', process.execPath, ['--import', 'tsx', script, String(opts.port), opts.upstreamHost, String(opts.upstreamPort)], {
+    cwd: opts.repoDir,
+    logFile: opts.logFile,
+    graceMs: 2000,
+  });
+  try {
+    await waitForPort('127.0.0.1', opts.port, 30_000, () => !service.exited());
+  } catch (err) {
+    await service.stop();
+    throw new Error(`bare relay did not start: ${(err as Error).message}\n${tail(opts.logFile)}`);
+  }
+  return { port: opts.port, service };
 }

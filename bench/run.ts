@@ -9,6 +9,12 @@
  *  3. "Time to job id": round trip of a hinted statement through the proxy until the job-id row
  *     arrives, against a raw pg_background launch on a direct connection; sequential p50/p99 and
  *     launches per second, sequential and with concurrent clients.
+ *  Part 1 also measures a bare relay (bench/bare-relay.ts: no parsing, no inspection, the same
+ *  Node.js and socket settings), the floor for what a Node.js relay can do.
+ *  4. Added latency per query with one client (SELECT 1, p50/p99) over direct, for PgBouncer,
+ *     the bare relay and the proxy.
+ *  5. Connection cost: BENCH_IDLE_CLIENTS sessions opened through the proxy and through PgBouncer
+ *     and left idle: time to open a session (p50/p99) and resident memory per idle session.
  *
  * Environment: BENCH_QUICK=1 (2 rounds x 2 s, 40 jobs), BENCH_ROUNDS (5), BENCH_SECONDS (5),
  * BENCH_CLIENTS (16), BENCH_THREADS (2), BENCH_SCALE (10), BENCH_MODES (simple,extended,prepared),
@@ -16,6 +22,8 @@
  * BENCH_JOB_SQL ("SELECT 1"), BENCH_JOB_CLIENTS (4), BENCH_SCRAPE_MS (100), BENCH_SCRAPE_ROUNDS (10),
  * BENCH_SCRAPE_CPU_WINDOWS (3), BENCH_SCRAPE_CPU_SECONDS (10), BENCH_SCRAPER (curl|fetch), BENCH_SKIP_BUILD=1,
  * BENCH_MAX_WORKER_PROCESSES (the harness's 24), BENCH_PGBOUNCER (/usr/sbin/pgbouncer),
+ * BENCH_LATENCY_ROUNDS (5, quick 2), BENCH_LATENCY_QUERIES (2000 per target and round, quick 300),
+ * BENCH_IDLE_CLIENTS (2000, quick 200; 0 skips part 5),
  * BENCH_OUT (bench/results/latest.json; the proxy's log goes next to it as proxy.log).
  * Everything it starts (cluster, PgBouncer, proxy) is stopped on exit, on error and on Ctrl-C.
  */
@@ -27,12 +35,14 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { startCluster, freePort, ROLE_PASSWORDS, type Cluster } from '../test/harness/cluster.js';
 import { cleanupAll, installSignalHandlers, onCleanup, wasInterrupted } from './cleanup.js';
-import { cpuSeconds, runCommand, sleep, startPgBouncer, startProxyProcess, tail, type Bouncer, type ProxyProcess } from './procs.js';
+import { cpuSeconds, runCommand, sleep, startBareRelay, startPgBouncer, startProxyProcess, tail, type BareRelay, type Bouncer, type ProxyProcess } from './procs.js';
 import { scraperKind, startScraper, type ScrapeStats } from './scraper.js';
 import { measureScrapeCpu, type ScrapeCpuResult } from './scrape-cpu.js';
 import { initPgbench, runPgbench, type PgbenchMode, type PgbenchRun, type PgbenchTarget } from './pgbench.js';
 import { drain, runJobBench, type JobBenchResult } from './jobs.js';
 import { fmt, max, median, min, percentile, ratio, table } from './stats.js';
+import { measureLatency, type LatencySamples } from './latency.js';
+import { measureIdleSessions, type IdleSessionResult } from './connections.js';
 
 const repoDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -65,11 +75,14 @@ const cfg = {
   scrapeCpuSeconds: intEnv('BENCH_SCRAPE_CPU_SECONDS', quick ? 3 : 10),
   /** 0: the test harness's value (24). */
   maxWorkerProcesses: intEnv('BENCH_MAX_WORKER_PROCESSES', 0),
+  latencyRounds: intEnv('BENCH_LATENCY_ROUNDS', quick ? 2 : 5),
+  latencyQueries: intEnv('BENCH_LATENCY_QUERIES', quick ? 300 : 2000),
+  idleClients: intEnv('BENCH_IDLE_CLIENTS', quick ? 200 : 2000),
   out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
 };
 for (const m of cfg.modes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`BENCH_MODES: unknown mode "${m}"`);
 
-type TargetName = 'direct' | 'pgbouncer' | 'proxy';
+type TargetName = 'direct' | 'pgbouncer' | 'bare' | 'proxy';
 
 interface RoundRun extends PgbenchRun {
   round: number;
@@ -170,7 +183,8 @@ async function main(): Promise<number> {
   // ---- PostgreSQL ---------------------------------------------------------------------------
   const cluster: Cluster = await startCluster({
     settings: {
-      max_connections: '200',
+      // Every proxied session has its own server connection: part 5's idle clients need theirs.
+      max_connections: String(Math.max(200, cfg.idleClients + 150)),
       shared_buffers: '256MB',
       max_wal_size: '4GB',
       checkpoint_timeout: '30min',
@@ -212,6 +226,7 @@ async function main(): Promise<number> {
     logFile: proxyLog,
     // The registry connection serves job metrics at scrape time and reconciliation, as in production.
     env: migrated ? { PGBG_REGISTRY_URL: registryUrl } : {},
+    configYaml: `limits:\n  maxClients: ${Math.max(1000, cfg.idleClients + 100)}\n`,
   });
   log(`proxy: 127.0.0.1:${proxy.port} (metrics 127.0.0.1:${proxy.metricsPort})${migrated ? ', jobs.registryUrl = the benchmark database' : ''}`);
 
@@ -219,7 +234,15 @@ async function main(): Promise<number> {
   let bouncer: Bouncer | null = null;
   let bouncerSkipped: string | undefined;
   try {
-    bouncer = await startPgBouncer({ port: await freePort(), upstreamHost: '127.0.0.1', upstreamPort: cluster.port, user, password, osUser: cluster.osUser });
+    bouncer = await startPgBouncer({
+      port: await freePort(),
+      upstreamHost: '127.0.0.1',
+      upstreamPort: cluster.port,
+      user,
+      password,
+      osUser: cluster.osUser,
+      maxClientConn: Math.max(200, cfg.idleClients + 100),
+    });
     env.pgbouncer = bouncer.version;
     log(`pgbouncer: ${bouncer.version} on 127.0.0.1:${bouncer.port} (session mode, pool 100)`);
   } catch (err) {
@@ -227,7 +250,18 @@ async function main(): Promise<number> {
     log(`pgbouncer: SKIPPED, ${bouncerSkipped}`);
   }
 
-  const targets: Partial<Record<TargetName, PgbenchTarget>> = { direct, proxy: { ...direct, port: proxy.port } };
+  // ---- bare relay -----------------------------------------------------------------------------
+  const bare: BareRelay = await startBareRelay({
+    repoDir,
+    port: await freePort(),
+    upstreamHost: '127.0.0.1',
+    upstreamPort: cluster.port,
+    logFile: path.join(path.dirname(cfg.out), 'bare-relay.log'),
+  });
+  onCleanup('bare relay', () => bare.service.stop());
+  log(`bare relay: 127.0.0.1:${bare.port} (no parsing, no inspection)`);
+
+  const targets: Partial<Record<TargetName, PgbenchTarget>> = { direct, bare: { ...direct, port: bare.port }, proxy: { ...direct, port: proxy.port } };
   if (bouncer) targets.pgbouncer = { ...direct, port: bouncer.port };
   for (const [name, target] of Object.entries(targets) as [TargetName, PgbenchTarget][]) {
     const problem = await probe(target);
@@ -242,11 +276,12 @@ async function main(): Promise<number> {
       throw new Error(`cannot query through ${name}: ${problem}${name === 'proxy' ? `\n${tail(proxyLog)}` : ''}`);
     }
   }
-  const targetNames = (['direct', 'pgbouncer', 'proxy'] as TargetName[]).filter((t) => targets[t]);
+  const targetNames = (['direct', 'pgbouncer', 'bare', 'proxy'] as TargetName[]).filter((t) => targets[t]);
   log();
 
   const pgbenchOpts = (mode: PgbenchMode, seconds = cfg.seconds) => ({ mode, clients: cfg.clients, threads: cfg.threads, seconds });
-  const pidOf = (t: TargetName) => (t === 'proxy' ? proxy.service.child.pid : t === 'pgbouncer' ? bouncer?.pid : null);
+  const pidOf = (t: TargetName) =>
+    t === 'proxy' ? proxy.service.child.pid : t === 'pgbouncer' ? bouncer?.pid : t === 'bare' ? bare.service.child.pid : null;
   /** One pgbench run, with the CPU the proxy or PgBouncer used meanwhile. */
   const measured = async (t: TargetName, mode: PgbenchMode) => {
     const pid = pidOf(t);
@@ -371,6 +406,31 @@ async function main(): Promise<number> {
   }
   log();
 
+  // ---- Part 4: added latency per query, one client ---------------------------------------------
+  log(`part 4: latency of SELECT 1 with one client, ${cfg.latencyRounds} rounds x ${cfg.latencyQueries} queries per target`);
+  const latencyTargets = targetNames.map((t) => ({ name: t, config: { ...targets[t]!, application_name: 'pgbg-bench latency' } }));
+  const latency: LatencySamples[] = await measureLatency(latencyTargets, { rounds: cfg.latencyRounds, queries: cfg.latencyQueries, warmup: 100 }, log);
+  log();
+
+  // ---- Part 5: connection cost --------------------------------------------------------------------
+  const idle: IdleSessionResult[] = [];
+  if (cfg.idleClients > 0) {
+    log(`part 5: ${cfg.idleClients} idle sessions through each middle (opened 50 at a time)`);
+    const middles: [TargetName, number | null | undefined][] = [['proxy', proxy.service.child.pid]];
+    if (bouncer) middles.unshift(['pgbouncer', bouncer.pid]);
+    for (const [t, pid] of middles) {
+      if (wasInterrupted()) return 130;
+      const r = await measureIdleSessions(t, { ...targets[t]!, application_name: 'pgbg-bench idle' }, pid, cfg.idleClients, 50);
+      idle.push(r);
+      log(
+        `  ${t}: ${r.opened} open (${r.failures} failed${r.firstFailure ? `: ${r.firstFailure}` : ''}), open p50 ${fmt(r.openMsP50, 2)} ms / p99 ${fmt(r.openMsP99, 2)} ms, ` +
+          `RSS ${fmt(r.rssBeforeMiB, 1)} -> ${fmt(r.rssIdleMiB, 1)} MiB (${fmt(r.kibPerSession, 1)} KiB per idle session)`,
+      );
+      await sleep(2000);
+    }
+    log();
+  }
+
   // ---- Report ---------------------------------------------------------------------------------
   env.uptimeAtEnd = sh('uptime', []);
   const durationS = (nowMs() - t0) / 1000;
@@ -430,6 +490,44 @@ async function main(): Promise<number> {
   log(table(['mode', 'proxy/direct', 'proxy/pgbouncer', 'pgbouncer/direct'], ratioRows));
   log('(ratios of medians)');
   log();
+  const floorRows = cfg.modes.map((mode) => {
+    const s = summary[mode];
+    return [
+      mode,
+      fmt(ratio(s.proxy?.median ?? NaN, s.bare?.median ?? NaN), 3),
+      fmt(s.bare?.cpuUsPerTx ?? NaN, 1),
+      fmt(s.proxy?.cpuUsPerTx ?? NaN, 1),
+      fmt(ratio(s.proxy?.cpuUsPerTx ?? NaN, s.bare?.cpuUsPerTx ?? NaN), 3),
+    ];
+  });
+  log(table(['mode', 'proxy/bare tps', 'bare CPU us/tx', 'proxy CPU us/tx', 'proxy/bare CPU per tx'], floorRows));
+  log('(the floor: a Node.js relay that parses and inspects nothing; goal: proxy CPU per transaction within 1.10x of it)');
+  log();
+  const direct50 = latency.find((l) => l.name === 'direct');
+  log(
+    table(
+      ['target', 'p50 ms', 'p99 ms', 'added p50 ms', 'added p99 ms'],
+      latency.map((l) => [
+        l.name,
+        fmt(l.p50Ms, 3),
+        fmt(l.p99Ms, 3),
+        l.name === 'direct' || !direct50 ? '-' : fmt(l.p50Ms - direct50.p50Ms, 3),
+        l.name === 'direct' || !direct50 ? '-' : fmt(l.p99Ms - direct50.p99Ms, 3),
+      ]),
+    ),
+  );
+  log('(one client, SELECT 1, simple protocol; added = minus the direct connection\'s percentile)');
+  log();
+  if (idle.length > 0) {
+    log(
+      table(
+        ['middle', 'idle sessions', 'failed', 'open p50 ms', 'open p99 ms', 'RSS before MiB', 'RSS idle MiB', 'KiB/session'],
+        idle.map((r) => [r.name, String(r.opened), String(r.failures), fmt(r.openMsP50, 2), fmt(r.openMsP99, 2), fmt(r.rssBeforeMiB, 1), fmt(r.rssIdleMiB, 1), fmt(r.kibPerSession, 1)]),
+      ),
+    );
+    log('(time to open = TCP connect + startup + SCRAM authentication until ReadyForQuery)');
+    log();
+  }
 
   let scrapeSummary: Record<string, unknown> = { skipped: scrape.skipped };
   if (!scrape.skipped) {
@@ -531,6 +629,8 @@ async function main(): Promise<number> {
     pgbench: { targets: targetNames, pgbouncerSkipped: bouncerSkipped, summary, runs },
     scrape: scrapeSummary,
     timeToJobId: jobs ?? { skipped: jobsSkipped },
+    latency,
+    idleSessions: idle,
   };
   await fs.mkdir(path.dirname(cfg.out), { recursive: true });
   await fs.writeFile(cfg.out, JSON.stringify(output, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');

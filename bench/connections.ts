@@ -1,0 +1,84 @@
+/**
+ * Connection cost: N clients open sessions (startup + authentication until ReadyForQuery)
+ * through a middle process and then stay idle. Reports the time to open a session (p50, p99)
+ * and the middle's resident memory before and with all N idle, i.e. memory per idle session.
+ */
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+import { median, percentile } from './stats.js';
+import { sleep } from './procs.js';
+
+export interface IdleSessionResult {
+  name: string;
+  clients: number;
+  opened: number;
+  failures: number;
+  firstFailure?: string;
+  openMsP50: number;
+  openMsP99: number;
+  rssBeforeMiB: number;
+  rssIdleMiB: number;
+  kibPerSession: number;
+}
+
+/** Resident set of a process (VmRSS), MiB; NaN when it cannot be read. */
+export function rssMiB(pid: number | null | undefined): number {
+  if (!pid) return NaN;
+  try {
+    const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+export async function measureIdleSessions(
+  name: string,
+  config: pg.ClientConfig,
+  pid: number | null | undefined,
+  clients: number,
+  batch: number,
+): Promise<IdleSessionResult> {
+  await sleep(500);
+  const rssBefore = rssMiB(pid);
+  const open: pg.Client[] = [];
+  const times: number[] = [];
+  let failures = 0;
+  let firstFailure: string | undefined;
+  try {
+    for (let start = 0; start < clients; start += batch) {
+      const n = Math.min(batch, clients - start);
+      await Promise.all(
+        Array.from({ length: n }, async () => {
+          const c = new pg.Client(config);
+          c.on('error', () => undefined);
+          const t0 = process.hrtime.bigint();
+          try {
+            await c.connect();
+            times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+            open.push(c);
+          } catch (err) {
+            failures++;
+            firstFailure ??= (err as Error).message;
+          }
+        }),
+      );
+    }
+    await sleep(1000);
+    const rssIdle = rssMiB(pid);
+    return {
+      name,
+      clients,
+      opened: open.length,
+      failures,
+      firstFailure,
+      openMsP50: median(times),
+      openMsP99: percentile(times, 99),
+      rssBeforeMiB: rssBefore,
+      rssIdleMiB: rssIdle,
+      kibPerSession: open.length > 0 ? ((rssIdle - rssBefore) * 1024) / open.length : NaN,
+    };
+  } finally {
+    await Promise.all(open.map((c) => c.end().catch(() => undefined)));
+  }
+}
