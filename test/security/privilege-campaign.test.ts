@@ -369,8 +369,15 @@ describe('the admin console', () => {
     }
   }
 
+  /** An operator function for name = name that is true exactly when the left name is a superuser's. */
+  const SUPER_EQ = (fn: string) =>
+    `CREATE FUNCTION ${fn}(a name, b name) RETURNS boolean LANGUAGE sql
+       AS 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) a AND r.rolsuper)'`;
+
   it("29. CREATE OPERATOR public.= (name, name) + search_path=public,pg_catalog (the issue's attack): 28000", async () => {
-    await alice.query(`CREATE FUNCTION public.camp_eq(name, name) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
+    // "equal" to any superuser's name: the check's WHERE rolname = session_user then finds a
+    // superuser's row, and its rolsuper said t for alice
+    await alice.query(SUPER_EQ('public.camp_eq'));
     await alice.query('CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.camp_eq)');
     try {
       const e = await consoleLogin('-c search_path=public,pg_catalog');
@@ -386,7 +393,7 @@ describe('the admin console', () => {
     await alice.query('CREATE SCHEMA camp_evil');
     await alice.query(`CREATE FUNCTION camp_evil.pg_has_role(name, name, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
     await alice.query(`CREATE FUNCTION camp_evil.pg_has_role(name, text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
-    await alice.query(`CREATE FUNCTION camp_evil.eq(name, name) RETURNS boolean LANGUAGE sql AS 'SELECT true'`);
+    await alice.query(SUPER_EQ('camp_evil.eq'));
     await alice.query('CREATE OPERATOR camp_evil.= (LEFTARG = name, RIGHTARG = name, FUNCTION = camp_evil.eq)');
     await alice.query(`CREATE VIEW camp_evil.pg_roles AS SELECT 'alice'::name AS rolname, true AS rolsuper`);
     try {
