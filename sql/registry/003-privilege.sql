@@ -520,37 +520,67 @@ AS $fn$
      AND pgbg._may_manage(me.owner)
 $fn$;
 
--- Jobs in flight as the server sees them now (see 001). Totals are public: the whole server,
--- one database, one rule. One role's count ('user') only for a role whose jobs the caller may
--- manage; otherwise 42501. (pg_stat_activity itself shows every role its pg_background
--- workers; the registry adds nothing to that for a role it does not manage.)
-CREATE OR REPLACE FUNCTION pgbg.in_flight(p_scope text DEFAULT NULL, p_value text DEFAULT NULL) RETURNS integer
+-- Totals of jobs in flight as the server sees them now (the body of 001's pgbg.in_flight):
+-- the whole server, one database, one rule. Public. Refuses the per-role scope, which a
+-- definer cannot check against its caller's role: pgbg.in_flight answers that one.
+CREATE FUNCTION pgbg._in_flight_total(p_scope text DEFAULT NULL, p_value text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pgbg
 AS $fn$
 BEGIN
-  IF p_scope IS NOT NULL AND p_scope NOT IN ('database', 'user', 'rule') THEN
-    RAISE EXCEPTION 'unknown scope %', p_scope USING ERRCODE = '22023', HINT = 'Use database, user or rule.';
-  END IF;
-  IF p_scope = 'user' AND (p_value IS NULL OR NOT pgbg._may_manage(p_value::name)) THEN
-    RAISE EXCEPTION 'permission denied to count the jobs of role %', p_value
-      USING ERRCODE = '42501', HINT = 'A role may count its own jobs; members of pgbg_admin any role''s.';
+  IF p_scope IS NOT NULL AND p_scope NOT IN ('database', 'rule') THEN
+    RAISE EXCEPTION 'unknown scope %', p_scope USING ERRCODE = '22023', HINT = 'Use database or rule.';
   END IF;
   PERFORM pg_stat_clear_snapshot();
   RETURN GREATEST(
     CASE WHEN p_scope IS DISTINCT FROM 'rule' THEN
       (SELECT count(*) FROM pg_stat_activity a
         WHERE a.backend_type = 'pg_background'
-          AND (p_scope IS NULL
-               OR (p_scope = 'database' AND a.datname = p_value)
-               OR (p_scope = 'user' AND a.usename = p_value)))
+          AND (p_scope IS NULL OR (p_scope = 'database' AND a.datname = p_value)))
     ELSE 0 END,
     (SELECT count(*) FROM pgbg.job j
       WHERE j.state = 'running'
         AND (p_scope IS NULL
              OR (p_scope = 'database' AND j.database = p_value)
-             OR (p_scope = 'user' AND j.owner = p_value)
              OR (p_scope = 'rule' AND j.rule = p_value))
+        AND (EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.worker_pid)
+             OR (j.worker_start IS NULL
+                 AND COALESCE(j.launched_at, j.started_at) > clock_timestamp() - interval '10 seconds'))))::integer;
+END
+$fn$;
+
+-- Jobs in flight as the server sees them now (see 001). Totals are public: the whole server,
+-- one database, one rule (pgbg._in_flight_total). One role's count ('user') only for a role
+-- whose jobs the caller's current role may manage (itself, a role it is a member of, any role
+-- for pgbg_admin); otherwise 42501. SECURITY INVOKER so that it sees the caller's role: called
+-- by the definer pgbg.admit (admission), the caller is the registry owner and sees every job;
+-- called by a user, row-level security leaves only the jobs that user may see.
+-- (pg_stat_activity itself shows every role its pg_background workers by login.)
+CREATE OR REPLACE FUNCTION pgbg.in_flight(p_scope text DEFAULT NULL, p_value text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+BEGIN
+  IF p_scope IS NOT NULL AND p_scope NOT IN ('database', 'user', 'rule') THEN
+    RAISE EXCEPTION 'unknown scope %', p_scope USING ERRCODE = '22023', HINT = 'Use database, user or rule.';
+  END IF;
+  IF p_scope IS DISTINCT FROM 'user' THEN
+    RETURN pgbg._in_flight_total(p_scope, p_value);
+  END IF;
+  IF p_value IS NULL
+     OR NOT (pg_has_role(current_user, 'pgbg_admin', 'MEMBER')
+             OR EXISTS (SELECT 1 FROM pg_roles r
+                         WHERE r.rolname = p_value AND pg_has_role(current_user, r.oid, 'MEMBER'))) THEN
+    RAISE EXCEPTION 'permission denied to count the jobs of role %', p_value
+      USING ERRCODE = '42501', HINT = 'A role may count its own jobs; members of pgbg_admin any role''s.';
+  END IF;
+  PERFORM pg_stat_clear_snapshot();
+  RETURN GREATEST(
+    (SELECT count(*) FROM pg_stat_activity a
+      WHERE a.backend_type = 'pg_background' AND a.usename = p_value),
+    (SELECT count(*) FROM pgbg.job j
+      WHERE j.state = 'running'
+        AND j.owner = p_value
         AND (EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = j.worker_pid)
              OR (j.worker_start IS NULL
                  AND COALESCE(j.launched_at, j.started_at) > clock_timestamp() - interval '10 seconds'))))::integer;
@@ -561,6 +591,7 @@ $fn$;
 -- Function privileges
 -- ---------------------------------------------------------------------------------------
 REVOKE ALL ON FUNCTION
+  pgbg._in_flight_total(text, text),
   pgbg._worker_start(integer, name[], timestamptz, bigint),
   pgbg._is_launcher(integer, timestamptz),
   pgbg._channel_for(oid),
@@ -570,6 +601,7 @@ FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
   pgbg.jobs_channel(name),
+  pgbg._in_flight_total(text, text),
   -- called by pgbg.submit as the submitting role; it checks everything itself
   pgbg._enqueue(name, text, text, boolean, boolean, text, jsonb, integer, text, text)
 TO PUBLIC;
