@@ -29,14 +29,23 @@ export const ADMIN_ROLE = 'pgbg_admin';
  * `-c role=...` changes current_user, but the role the server authenticated is session_user.
  * The CASE keeps pg_has_role from failing where the registry (and so the role) was never
  * installed: CASE evaluates its branches in order.
+ *
+ * The session is the client's, with the client's startup options (search_path and all), so
+ * every name is schema-qualified: functions and relations with pg_catalog., operators as
+ * OPERATOR(pg_catalog.=), literals cast to pg_catalog types. Otherwise a role that may CREATE
+ * in a schema ahead of pg_catalog on its search_path (`-c search_path=public,pg_catalog`) could
+ * define `public.=(name, name)` to answer true and be let in as a superuser. The literals hold
+ * no backslash, so standard_conforming_strings cannot change them; session_user is SQL syntax,
+ * not a function looked up on the search_path.
  */
-export const ADMIN_CHECK_SQL = `SELECT session_user::text AS role,
+export const ADMIN_CHECK_SQL = `SELECT session_user AS role,
        r.rolsuper AS superuser,
-       CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '${ADMIN_ROLE}')
-            THEN pg_catalog.pg_has_role(session_user, '${ADMIN_ROLE}', 'MEMBER')
+       CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles a
+                          WHERE a.rolname OPERATOR(pg_catalog.=) '${ADMIN_ROLE}'::pg_catalog.name)
+            THEN pg_catalog.pg_has_role(session_user, '${ADMIN_ROLE}'::pg_catalog.name, 'MEMBER'::pg_catalog.text)
             ELSE false END AS admin_member
   FROM pg_catalog.pg_roles r
- WHERE r.rolname = session_user`;
+ WHERE r.rolname OPERATOR(pg_catalog.=) session_user`;
 
 export interface AdminAuthOptions {
   upstream: UpstreamAddress;

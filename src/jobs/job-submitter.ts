@@ -10,6 +10,10 @@ import { literalsFor, substitute } from './param-literals.js';
 import { superviseStep } from './supervise.js';
 
 /**
+ * Every statement here runs on the client's own session, under the client's settings: names are
+ * schema-qualified (pg_catalog.fn, OPERATOR(pg_catalog.=), $n::pg_catalog.type) so that no
+ * search_path, shadowing schema or session setting changes what they mean.
+ *
  * Submits jobs on the client's own upstream session (DESIGN.md decision 1): the statement is
  * checked by the server, the job row is inserted and the worker launched in one implicit
  * transaction by pgbg.submit_and_launch (so a failed launch leaves no job behind), and the
@@ -29,7 +33,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const { paramTypes, error } = await describeStatement(channel, statement, declaredTypes);
     if (error) throw error;
     if (plan.relations.length > 0) {
-      const missing = await runOrThrow(channel, 'SELECT r FROM unnest($1::text[]) r WHERE to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
+      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
       if (missing.rows.length > 0) {
         throw new PgError('42P01', `relation ${missing.rows[0][0]} does not exist`);
       }
@@ -71,7 +75,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     };
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::jsonb)',
+      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.jsonb, $6::pg_catalog.int4, $7::pg_catalog.text, $8::pg_catalog.text, $9::pg_catalog.jsonb)',
       [
         statement,
         plan.kind,
@@ -114,8 +118,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     // Paused: look without launching (an empty limits object would admit everything).
     const paused = this.isPaused();
     const sql = paused
-      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id = $1`
-      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1`;
+      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8`
+      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1::pg_catalog.int8, $2::pg_catalog.jsonb) l, pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8`;
     const params = paused ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
     const r = await runStatement(channel, sql, params);
     const err = serverError(r);
@@ -136,7 +140,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
   }
 
   async cancel(channel: SessionChannel, jobId: bigint): Promise<void> {
-    const r = await runStatement(channel, 'SELECT pgbg.cancel($1)', [jobId.toString()]);
+    const r = await runStatement(channel, 'SELECT pgbg.cancel($1::pg_catalog.int8)', [jobId.toString()]);
     const err = serverError(r);
     if (err) this.log.warn({ event: 'job_cancel_failed', job_id: jobId.toString(), sqlstate: err.code, err: err.message }, 'could not cancel a queued job');
     else this.log.info({ event: 'job_cancelled', job_id: jobId.toString(), reason: 'client disconnected' }, 'queued job cancelled: its client went away');
@@ -151,7 +155,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
  * How long until a queued job may start (its window opens, or its retry backoff ends), computed
  * by the server so that clock skew between proxy and server does not matter.
  */
-const DUE_IN_MS = `GREATEST(0, ceil(extract(epoch FROM j.not_before - clock_timestamp()) * 1000))::bigint AS due_in_ms`;
+const DUE_IN_MS = `GREATEST(0, pg_catalog.ceil(EXTRACT(epoch FROM j.not_before OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000))::pg_catalog.int8 AS due_in_ms`;
 
 function supervisedWorker(jobId: bigint, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SupervisedWorker | null {
   if (transactional || !workerPid) return null;

@@ -7,12 +7,12 @@ import { runOrThrow } from './upstream-sql.js';
  * Turns bound parameters into typed SQL literals, using the server's own output functions: each
  * value goes back to the server exactly as the client bound it (text or binary, in the client's
  * encoding) and comes out as quote_nullable(value::text)::type. The proxy never decodes a
- * binary format itself.
+ * binary format itself. Schema-qualified throughout: it runs under the client's search_path.
  */
 export async function literalsFor(channel: SessionChannel, params: BoundParams): Promise<string[]> {
   const n = params.values.length;
   if (n === 0) return [];
-  const columns = params.types.map((oid, i) => `quote_nullable($${i + 1}::text) || '::' || format_type(${Number(oid)}, NULL)`);
+  const columns = params.types.map((oid, i) => `pg_catalog.quote_nullable($${i + 1}::pg_catalog.text) OPERATOR(pg_catalog.||) '::' OPERATOR(pg_catalog.||) pg_catalog.format_type(${Number(oid)}::pg_catalog.oid, NULL)`);
   const result = await runOrThrow(channel, `SELECT ${columns.join(', ')}`, params.values, { types: params.types, formats: params.formats });
   const row = result.rows[0];
   if (!row || row.length !== n) throw new Error('parameter literals: unexpected answer from the server');

@@ -783,9 +783,13 @@ export class ClientSession implements BackendStreamSink {
   }
 }
 
-/** A statement that fails at Parse time, whatever parameters it was declared with. */
+/**
+ * A statement that fails at Parse time, whatever parameters it was declared with. In pg_catalog,
+ * where no client can create the relation (on its search_path it could, and the refusal would
+ * then run as a harmless SELECT instead of failing).
+ */
 function pipelineRefusal(): string {
-  return 'SELECT FROM "pgbg-proxy: a background statement must be the first of its pipeline; send Sync before it"';
+  return 'SELECT FROM pg_catalog."pgbg-proxy: a background statement must be the first of its pipeline; send Sync before it"';
 }
 
 /** A Bind aimed at a statement name the server cannot have, so the server fails it in order. */

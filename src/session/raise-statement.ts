@@ -14,6 +14,8 @@ export function raiseStatement(error: PgError): string {
 }
 
 function literal(text: string): string {
-  // The dollar sign is dropped so no text can close the block's dollar quote.
-  return `'${text.replace(/\$/g, '').replace(/'/g, "''")}'`;
+  // The dollar sign is dropped so no text can close the block's dollar quote. An E'' string with
+  // every backslash doubled means the same whatever the session's standard_conforming_strings
+  // (a plain '' literal ending in a backslash would swallow its closing quote when it is off).
+  return `E'${text.replace(/\$/g, '').replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
 }

@@ -29,6 +29,7 @@ function migration(version: number, file: string, description: string): Registry
 export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(1, '001-registry.sql', 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS'),
   migration(2, '002-progress.sql', 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)'),
+  migration(3, '003-privilege.sql', 'no privilege escape: verified worker pids, per-role notification channels, private per-role counts, no direct INSERT'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
@@ -37,8 +38,12 @@ export const REGISTRY_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1]!.versi
 /** Schema that holds the registry. */
 export const REGISTRY_SCHEMA = 'pgbg';
 
-/** NOTIFY channel on which every job state change is announced as {"id":N,"state":"..."}. */
-export const JOBS_CHANNEL = 'pgbg_jobs';
+/**
+ * Prefix of the per-role NOTIFY channels on which job changes are announced as {"id":N}.
+ * The full name is secret-derived: a role learns its own with `SELECT pgbg.jobs_channel()`.
+ * A notification is only a hint to re-read pgbg.jobs, never a source of truth.
+ */
+export const JOBS_CHANNEL_PREFIX = 'pgbg_jobs_';
 
 /** Role whose members see and manage every job. */
 export const ADMIN_ROLE = 'pgbg_admin';
