@@ -315,6 +315,27 @@ describe('certificate reload on SIGHUP', () => {
   });
 });
 
+describe("the proxy's own connections over tls.server", () => {
+  it('migrate on start, the admin console login and its registry reads all reach the hostssl-only server', async () => {
+    const db = await cluster.createDatabase();
+    const registryUrl = cluster.url('postgres', db);
+    const via = await startTestProxy(cluster, {
+      tls: { client: { mode: 'require', cert: proxyA.cert, key: proxyA.key }, server: verifyFullUpstream() },
+      jobs: { enabled: true, registryUrl, migrateOnStart: true },
+    });
+    proxies.push(via);
+    // migrateOnStart ran over TLS (plain TCP is refused by this server): the registry exists.
+    const direct = await cluster.psql(['-At', '-c', `SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = 'pgbg'`], { user: 'trustuser', database: db, env: libpq('verify-full') });
+    expect(direct.stdout.trim()).toBe('1');
+    // The console's login is relayed to the server over TLS, its SHOW JOBS reads the registry over TLS.
+    const r = await via.psql(['-At', '-c', 'SHOW JOBS'], { user: 'postgres', database: 'pgbg', env: libpq('verify-full', { PGCHANNELBINDING: 'disable' }) });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const clients = await via.psql(['-At', '-c', 'SHOW HELP'], { user: 'postgres', database: 'pgbg', env: libpq('verify-full', { PGCHANNELBINDING: 'disable' }) });
+    expect(clients.stdout).toContain('SHOW JOBS');
+  });
+});
+
 describe('node-postgres with ssl through the proxy', () => {
   it('verifies the proxy against the CA, authenticates with SCRAM, and the upstream leg is TLS', async () => {
     const via = await proxy({ client: { mode: 'require', cert: proxyA.cert, key: proxyA.key }, server: verifyFullUpstream() });
