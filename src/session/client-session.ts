@@ -217,6 +217,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onClientMessage(type: number, msg: Buffer): void {
+    if (this.phase === 'closed') return;
     if (this.phase === 'auth') {
       const refusal = this.scram?.fromClient(type, msg);
       if (refusal) return this.fatal(refusal);

@@ -22,6 +22,8 @@ export type NegotiatedStartup =
  * the TLS socket when TLS was negotiated.
  */
 export async function negotiateStartup(socket: net.Socket, clientTls: ClientTls, timeoutMs: number, log: Logger, observer: SessionObserver): Promise<NegotiatedStartup> {
+  // Read the peer address while the connection is fresh: Node caches it, and isUnixSocket() relies on it.
+  void socket.remoteAddress;
   const deadline = Date.now() + timeoutMs;
   const left = () => Math.max(1, deadline - Date.now());
   let current: net.Socket = socket;
@@ -29,16 +31,16 @@ export async function negotiateStartup(socket: net.Socket, clientTls: ClientTls,
   for (;;) {
     let outcome: StartupOutcome;
     try {
-      outcome = await readStartup(current, left(), { offerTls: clientTls.enabled && !encrypted, encrypted });
+      outcome = await readStartup(current, left(), { offerTls: !encrypted && clientTls.offersTo(socket), encrypted });
     } catch (err) {
       // The listener answers a broken startup on the connection as it now is (inside TLS, if so).
       throw Object.assign(err as Error, { socket: current });
     }
     if (outcome.kind === 'cancel' || outcome.kind === 'startup') return { socket: current, outcome };
     const direct = outcome.kind === 'direct-tls';
-    if (direct && !clientTls.enabled) {
-      // The server with ssl = off closes such a connection without a word.
-      return closed(socket, log, observer, 'direct TLS connection attempted, but TLS is not enabled (tls.client.mode = disable)');
+    if (direct && !clientTls.offersTo(socket)) {
+      // The server with ssl = off (or on a Unix-domain socket) closes such a connection without a word.
+      return closed(socket, log, observer, clientTls.enabled ? 'direct TLS connection attempted on a Unix-domain socket' : 'direct TLS connection attempted, but TLS is not enabled (tls.client.mode = disable)');
     }
     if (outcome.kind === 'direct-tls') socket.unshift(outcome.head);
     else socket.write('S');

@@ -49,9 +49,17 @@ export class ClientTls {
     }
   }
 
-  /** A connection that did not negotiate TLS while tls.client.mode is require. */
+  /** TLS is offered on this connection: enabled, and not a Unix-domain socket (the server never offers it there). */
+  offersTo(socket: net.Socket): boolean {
+    return this.enabled && !isUnixSocket(socket);
+  }
+
+  /**
+   * A TCP connection that did not negotiate TLS while tls.client.mode is require. A Unix-domain
+   * socket is not refused: `hostssl` never applies to `local` connections on the server either.
+   */
   refusesPlain(socket: net.Socket): boolean {
-    return this.state.mode === 'require' && !(socket as tls.TLSSocket).encrypted;
+    return this.state.mode === 'require' && !(socket as tls.TLSSocket).encrypted && !isUnixSocket(socket);
   }
 
   /**
@@ -125,6 +133,11 @@ function loadClientTls(config: ClientTlsConfig): { mode: ClientTlsConfig['mode']
     /* a description only */
   }
   return { mode: config.mode, context, subject };
+}
+
+/** A connection accepted on a Unix-domain socket has no remote address (TCP ones always have one while open). */
+export function isUnixSocket(socket: net.Socket): boolean {
+  return socket.remoteAddress === undefined && !socket.destroyed;
 }
 
 export function readPem(path: string, key: string): Buffer {
