@@ -352,3 +352,25 @@ describe('tls configuration', () => {
     expect(c.tls.server).toEqual({ mode: 'verify-full', ca: '/env-ca.crt' });
   });
 });
+
+describe('check-config: TLS files', () => {
+  it('names a file that cannot be read and a key that does not match its certificate', async () => {
+    const { checkTlsFiles } = await import('../../src/tls/check-files.js');
+    const { TestPki } = await import('../support/certs.js');
+    const pki = new TestPki();
+    try {
+      const ca = pki.ca('ca');
+      const a = pki.leaf('a', ca, '01');
+      const b = pki.leaf('b', ca, '02');
+      expect(checkTlsFiles(validateConfig({ tls: { client: { mode: 'require', cert: a.cert, key: a.key }, server: { mode: 'verify-full', ca: ca.cert } } }).tls)).toEqual([]);
+      const problems = checkTlsFiles(
+        validateConfig({ tls: { client: { mode: 'require', cert: a.cert, key: b.key }, server: { mode: 'verify-ca', ca: path.join(pki.dir, 'missing.crt') } } }).tls,
+      );
+      expect(problems).toHaveLength(2);
+      expect(problems[0]).toMatch(/^tls\.client: cannot use .*a\.crt with .*b\.key: .*key values mismatch/);
+      expect(problems[1]).toMatch(/^tls\.server\.ca: cannot read .*missing\.crt: ENOENT/);
+    } finally {
+      pki.remove();
+    }
+  });
+});
