@@ -108,7 +108,9 @@ export function startUpstreamTls(socket: net.Socket, host: string, t: UpstreamTl
     socket.on('error', onError);
     socket.on('close', onClose);
     socket.once('data', (chunk: Buffer) => {
-      socket.pause();
+      // Not paused on 'N': the caller's 'data' listener must find the socket flowing (a stream
+      // paused explicitly stays paused when a listener is added). Nothing arrives meanwhile:
+      // the server waits for the startup packet.
       if (chunk[0] === 0x4e /* N */) {
         if (chunk.length > 1) return fail(new Error('received unencrypted data after SSL response'));
         if (t.mode !== 'prefer') return fail(new Error(`server does not support SSL, but SSL was required (tls.server.mode = ${t.mode})`));
@@ -120,6 +122,7 @@ export function startUpstreamTls(socket: net.Socket, host: string, t: UpstreamTl
       }
       if (chunk[0] !== 0x53 /* S */) return fail(new Error(`the server answered the SSLRequest with an unexpected byte 0x${chunk[0].toString(16)}`));
       if (chunk.length > 1) return fail(new Error('received unencrypted data after SSL response'));
+      socket.pause();
       socket.off('close', onClose);
       const secure = tls.connect({ socket, ...tlsOptions(host, t) });
       secure.once('secureConnect', () => {

@@ -13,6 +13,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import pg from 'pg';
 import { startCluster, type Cluster } from '../harness/cluster.js';
+import { getCluster } from '../harness/index.js';
 import { TestPki, type Pem } from '../support/certs.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { startChildProxy, type ChildProxy } from '../support/child-proxy.js';
@@ -312,6 +313,23 @@ describe('certificate reload on SIGHUP', () => {
     await third.connect();
     expect(peerSerial(third)).toBe('B002');
     await Promise.all([before.end(), after.end(), third.end()]);
+  });
+});
+
+describe('tls.server against a server without TLS (the shared cluster, ssl = off)', () => {
+  it('prefer goes on in plain text after N; require refuses with libpq\'s words', async () => {
+    const plainServer = getCluster();
+    const prefer = await startTestProxy(plainServer, { tls: { server: { mode: 'prefer' } }, jobs: { enabled: false } });
+    proxies.push(prefer);
+    const ok = await prefer.psql(['-At', '-c', 'select current_user'], { user: 'alice' });
+    expect(ok.stderr).toBe('');
+    expect(ok.stdout.trim()).toBe('alice');
+    const require = await startTestProxy(plainServer, { tls: { server: { mode: 'require' } }, jobs: { enabled: false } });
+    proxies.push(require);
+    const refused = await require.psql(['-c', 'select 1'], { user: 'alice' });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/pgbg-proxy could not connect to the server/);
+    expect(refused.stderr).toMatch(/server does not support SSL, but SSL was required \(tls\.server\.mode = require\)/);
   });
 });
 
