@@ -365,6 +365,27 @@ describe('node-postgres with ssl through the proxy', () => {
     } finally {
       await c.end();
     }
+    // Cancel: a plain-text CancelRequest (as libpq before 17 sends it) is honoured in require
+    // mode, and the proxy's CancelRequest reaches the hostssl-only server over TLS.
+    const busy = new pg.Client({ host: 'localhost', port: via.port, user: 'alice', password: 'alice-secret', database: 'app', ssl: { ca: ca.certPem.toString() } });
+    await busy.connect();
+    try {
+      const keys = busy as unknown as { processID: number; secretKey: number };
+      const sleeping = busy.query('SELECT pg_sleep(30)');
+      const caught = sleeping.catch((e: { code?: string }) => e);
+      await new Promise((r) => setTimeout(r, 300));
+      const started = Date.now();
+      await new Promise<void>((resolve, reject) => {
+        const s = net.connect(via.port, '127.0.0.1', () => s.end(Buffer.concat([int32(16), int32(80877102), int32(keys.processID), int32(keys.secretKey)])));
+        s.on('close', () => resolve());
+        s.on('error', reject);
+      });
+      expect(((await caught) as { code?: string }).code).toBe('57014');
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect((await busy.query('select 1 AS n')).rows[0].n).toBe(1);
+    } finally {
+      await busy.end();
+    }
     const wrong = new pg.Client({ host: 'localhost', port: via.port, user: 'alice', password: 'alice-secret', database: 'app', ssl: { ca: wrongCa.certPem.toString() } });
     await expect(wrong.connect()).rejects.toThrow(/self-signed certificate|unable to verify/);
   });
