@@ -21,6 +21,14 @@ export interface PgbenchTarget {
   user: string;
   password: string;
   database: string;
+  /** libpq sslmode; default disable (the benchmark's server has ssl = on, libpq's default would be prefer). */
+  sslmode?: string;
+}
+
+/** libpq environment for a target: its sslmode, and no channel binding over TLS (it cannot span a proxy; README "TLS"). */
+export function libpqEnv(target: PgbenchTarget): Record<string, string> {
+  const sslmode = target.sslmode ?? 'disable';
+  return sslmode === 'disable' ? { PGSSLMODE: sslmode } : { PGSSLMODE: sslmode, PGCHANNELBINDING: 'disable' };
 }
 
 export async function runPgbench(binDir: string, target: PgbenchTarget, opts: { mode: PgbenchMode; clients: number; threads: number; seconds: number }): Promise<PgbenchRun> {
@@ -37,7 +45,7 @@ export async function runPgbench(binDir: string, target: PgbenchTarget, opts: { 
     target.database,
   ];
   const res = await runCommand(path.join(binDir, 'pgbench'), args, {
-    env: { ...process.env, PGPASSWORD: target.password, PGCONNECT_TIMEOUT: '10', LC_ALL: 'C' },
+    env: { ...process.env, PGPASSWORD: target.password, PGCONNECT_TIMEOUT: '10', LC_ALL: 'C', ...libpqEnv(target) },
     timeoutMs: (opts.seconds + 120) * 1000,
   });
   const out = res.stdout;
@@ -62,7 +70,7 @@ export async function runPgbench(binDir: string, target: PgbenchTarget, opts: { 
 /** `pgbench -i -s scale` into database (as the given user over TCP; -i ends with VACUUM ANALYZE). */
 export async function initPgbench(binDir: string, target: PgbenchTarget, scale: number): Promise<void> {
   const res = await runCommand(path.join(binDir, 'pgbench'), ['-h', target.host, '-p', String(target.port), '-U', target.user, '-i', '-s', String(scale), '-q', target.database], {
-    env: { ...process.env, PGPASSWORD: target.password, LC_ALL: 'C' },
+    env: { ...process.env, PGPASSWORD: target.password, LC_ALL: 'C', ...libpqEnv(target) },
     timeoutMs: 600_000,
   });
   if (res.code !== 0) throw new Error(`pgbench -i failed (status ${res.code}):\n${res.stderr.trim()}`);

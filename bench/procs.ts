@@ -189,6 +189,12 @@ export async function startPgBouncer(opts: {
   osUser: string | null;
   /** max_client_conn (200); the idle-session part raises it. */
   maxClientConn?: number;
+  /**
+   * TLS on both sides (client_tls_sslmode = require with this certificate, server_tls_sslmode =
+   * verify-full against this CA); absent: plain text on both sides (server_tls_sslmode = disable,
+   * stated because PgBouncer's default is prefer and the benchmark's server has ssl = on).
+   */
+  tls?: { cert: string; key: string; serverCa: string };
 }): Promise<Bouncer> {
   if (!existsSync(PGBOUNCER_BIN)) throw new Error(`${PGBOUNCER_BIN} not found (apt-get install pgbouncer)`);
   const version = (spawnSync(PGBOUNCER_BIN, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0].trim();
@@ -215,6 +221,15 @@ export async function startPgBouncer(opts: {
     `log_connections = 0`,
     `log_disconnections = 0`,
     `log_pooler_errors = 1`,
+    ...(opts.tls
+      ? [
+          `client_tls_sslmode = require`,
+          `client_tls_cert_file = ${opts.tls.cert}`,
+          `client_tls_key_file = ${opts.tls.key}`,
+          `server_tls_sslmode = verify-full`,
+          `server_tls_ca_file = ${opts.tls.serverCa}`,
+        ]
+      : [`client_tls_sslmode = disable`, `server_tls_sslmode = disable`]),
     '',
   ].join('\n');
   const iniFile = path.join(dir, 'pgbouncer.ini');

@@ -6,6 +6,11 @@
  *     for several rounds; median/min/max tps and the proxy's ratios.
  *  2. Cost of Prometheus scraping: pgbench -S -M simple through the proxy with and without a
  *     loop fetching /metrics every 100 ms, alternating rounds.
+ *  1b. TLS on both sides: the same pgbench -S with sslmode=require to the proxy (tls.client
+ *     require, tls.server verify-full) and to PgBouncer (client_tls_sslmode require,
+ *     server_tls_sslmode verify-full), and direct with sslmode=require; the proxy/PgBouncer ratio
+ *     is reported beside the plain one. BENCH_TLS=0 skips it; BENCH_TLS_MODES (simple),
+ *     BENCH_TLS_ROUNDS (BENCH_ROUNDS).
  *  3. "Time to job id": round trip of a hinted statement through the proxy until the job-id row
  *     arrives, against a raw pg_background launch on a direct connection; sequential p50/p99 and
  *     launches per second, sequential and with concurrent clients.
@@ -34,6 +39,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { startCluster, freePort, ROLE_PASSWORDS, type Cluster } from '../test/harness/cluster.js';
+import { TestPki } from '../test/support/certs.js';
 import { cleanupAll, installSignalHandlers, onCleanup, wasInterrupted } from './cleanup.js';
 import { cpuSeconds, runCommand, sleep, startBareRelay, startPgBouncer, startProxyProcess, tail, type BareRelay, type Bouncer, type ProxyProcess } from './procs.js';
 import { scraperKind, startScraper, type ScrapeStats } from './scraper.js';
@@ -79,7 +85,11 @@ const cfg = {
   latencyQueries: intEnv('BENCH_LATENCY_QUERIES', quick ? 300 : 2000),
   idleClients: intEnv('BENCH_IDLE_CLIENTS', quick ? 200 : 2000),
   out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
+  tls: process.env.BENCH_TLS !== '0',
+  tlsModes: (process.env.BENCH_TLS_MODES ?? 'simple').split(',').map((m) => m.trim()).filter(Boolean) as PgbenchMode[],
+  tlsRounds: intEnv('BENCH_TLS_ROUNDS', intEnv('BENCH_ROUNDS', quick ? 2 : 5)),
 };
+for (const m of cfg.tlsModes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`BENCH_TLS_MODES: unknown mode "${m}"`);
 for (const m of cfg.modes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`BENCH_MODES: unknown mode "${m}"`);
 
 type TargetName = 'direct' | 'pgbouncer' | 'bare' | 'proxy';
@@ -93,6 +103,16 @@ interface RoundRun extends PgbenchRun {
   cpuPct: number;
   /** Its CPU time per processed transaction, microseconds. */
   cpuUsPerTx: number;
+}
+
+interface TlsPart {
+  modes: PgbenchMode[];
+  rounds: number;
+  skipped?: string;
+  bouncerSkipped?: string;
+  runs: (PgbenchRun & { round: number; mode: PgbenchMode; target: string; order: number; cpuPct: number; cpuUsPerTx: number })[];
+  summary: Record<string, Record<string, { median: number; min: number; max: number; failed: number; cpuUsPerTx: number }>>;
+  ratios?: Record<string, { proxyOverPgbouncerTls: number; proxyOverPgbouncerPlain: number; proxyOverDirectTls: number }>;
 }
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
@@ -132,7 +152,8 @@ async function build(): Promise<void> {
 
 /** Checks that a target accepts a login and a query; returns the error message if not. */
 async function probe(target: PgbenchTarget): Promise<string | null> {
-  const client = new pg.Client({ ...target, connectionTimeoutMillis: 10_000 });
+  const { sslmode, ...conn } = target;
+  const client = new pg.Client({ ...conn, connectionTimeoutMillis: 10_000, ssl: sslmode && sslmode !== 'disable' ? { rejectUnauthorized: false } : false });
   client.on('error', () => undefined);
   try {
     await client.connect();
@@ -180,9 +201,22 @@ async function main(): Promise<number> {
 
   await build();
 
+  // ---- Certificates (part 1b) -----------------------------------------------------------------
+  // One test CA; the server's certificate and the one the proxy and PgBouncer show clients.
+  const pki = new TestPki();
+  onCleanup('certificates', async () => pki.remove());
+  const ca = pki.ca('bench-ca');
+  const serverCert = pki.leaf('server', ca, '5001', 'localhost');
+  const frontCert = pki.leaf('front', ca, '5002', 'localhost');
+
   // ---- PostgreSQL ---------------------------------------------------------------------------
+  // ssl = on for part 1b; every plain target says sslmode=disable (bench/pgbench.ts).
   const cluster: Cluster = await startCluster({
+    dataFiles: { 'server.crt': serverCert.certPem, 'server.key': serverCert.keyPem },
     settings: {
+      ssl: 'on',
+      ssl_cert_file: 'server.crt',
+      ssl_key_file: 'server.key',
       // Every proxied session has its own server connection: part 5's idle clients need theirs.
       max_connections: String(Math.max(200, cfg.idleClients + 150)),
       shared_buffers: '256MB',
@@ -194,6 +228,8 @@ async function main(): Promise<number> {
     },
   });
   onCleanup('PostgreSQL cluster', () => cluster.stop());
+  // PgBouncer runs as the server's OS user and must read the certificates.
+  if (cluster.osUser !== null) execFileSync('chown', ['-R', cluster.osUser, pki.dir]);
   const pgVersion = (await cluster.query<{ v: string }>('SELECT version() AS v')).rows[0].v;
   const mwp = (await cluster.query<{ s: string }>(`SELECT current_setting('max_worker_processes') AS s`)).rows[0].s;
   env.postgres = pgVersion.split(',')[0];
@@ -279,6 +315,99 @@ async function main(): Promise<number> {
   const targetNames = (['direct', 'pgbouncer', 'bare', 'proxy'] as TargetName[]).filter((t) => targets[t]);
   log();
 
+  /** Part 1b: pgbench -S with TLS on both sides of the proxy and of PgBouncer, and direct with TLS. */
+  async function runTlsPart(): Promise<TlsPart> {
+    type TlsTarget = 'direct-tls' | 'pgbouncer-tls' | 'proxy-tls';
+    const result: TlsPart = { modes: cfg.tlsModes, rounds: cfg.tlsRounds, summary: {}, runs: [] };
+    const tlsProxyLog = path.join(path.dirname(cfg.out), 'proxy-tls.log');
+    await fs.writeFile(tlsProxyLog, '');
+    let tlsProxy: ProxyProcess;
+    try {
+      tlsProxy = await startProxyProcess({
+        repoDir,
+        port: await freePort(),
+        upstreamHost: '127.0.0.1',
+        upstreamPort: cluster.port,
+        metricsPort: null,
+        logFile: tlsProxyLog,
+        env: {
+          PGBG_TLS_CLIENT_MODE: 'require',
+          PGBG_TLS_CLIENT_CERT: frontCert.cert,
+          PGBG_TLS_CLIENT_KEY: frontCert.key,
+          PGBG_TLS_SERVER_MODE: 'verify-full',
+          PGBG_TLS_SERVER_CA: ca.cert,
+          ...(migrated ? { PGBG_REGISTRY_URL: registryUrl } : {}),
+        },
+      });
+    } catch (err) {
+      result.skipped = `TLS proxy did not start: ${(err as Error).message}`;
+      log(`part 1b: SKIPPED, ${result.skipped}`);
+      return result;
+    }
+    let tlsBouncer: Bouncer | null = null;
+    try {
+      tlsBouncer = await startPgBouncer({
+        port: await freePort(),
+        upstreamHost: '127.0.0.1',
+        upstreamPort: cluster.port,
+        user,
+        password,
+        osUser: cluster.osUser,
+        tls: { cert: frontCert.cert, key: frontCert.key, serverCa: ca.cert },
+      });
+    } catch (err) {
+      result.bouncerSkipped = (err as Error).message;
+      log(`part 1b: pgbouncer with TLS SKIPPED, ${result.bouncerSkipped.split('\n')[0]}`);
+    }
+    const tlsTargets: Partial<Record<TlsTarget, PgbenchTarget>> = {
+      'direct-tls': { ...direct, sslmode: 'require' },
+      'proxy-tls': { ...direct, port: tlsProxy.port, sslmode: 'require' },
+      ...(tlsBouncer ? { 'pgbouncer-tls': { ...direct, port: tlsBouncer.port, sslmode: 'require' } } : {}),
+    };
+    for (const [name, target] of Object.entries(tlsTargets) as [TlsTarget, PgbenchTarget][]) {
+      const problem = await probe(target);
+      if (problem === null) continue;
+      log(`part 1b: ${name} SKIPPED, login failed: ${problem}`);
+      delete tlsTargets[name];
+    }
+    const names = (['direct-tls', 'pgbouncer-tls', 'proxy-tls'] as TlsTarget[]).filter((t) => tlsTargets[t]);
+    const pid = (t: TlsTarget) => (t === 'proxy-tls' ? tlsProxy.service.child.pid : t === 'pgbouncer-tls' ? tlsBouncer?.pid : null);
+    log(`part 1b: TLS on both sides (clients sslmode=require, upstream verify-full), ${cfg.tlsRounds} rounds, modes ${cfg.tlsModes.join('/')}`);
+    if (cfg.warmupSeconds > 0) for (const t of names) await runPgbench(cluster.binDir, tlsTargets[t]!, pgbenchOpts('simple', cfg.warmupSeconds));
+    for (let round = 0; round < cfg.tlsRounds; round++) {
+      for (const mode of cfg.tlsModes) {
+        const parts: string[] = [];
+        for (const [i, t] of rotate(names, round).entries()) {
+          if (wasInterrupted()) return result;
+          const c0 = cpuSeconds(pid(t));
+          const r = await runPgbench(cluster.binDir, tlsTargets[t]!, pgbenchOpts(mode));
+          const cpu = cpuSeconds(pid(t)) - c0;
+          result.runs.push({ ...r, round: round + 1, mode, target: t, order: i, cpuPct: (cpu / cfg.seconds) * 100, cpuUsPerTx: r.processed > 0 ? (cpu / r.processed) * 1e6 : NaN });
+          parts.push(`${t} ${describeRun(r)}`);
+          if (r.error) log(`    ${t}/${mode}: pgbench reported: ${r.error.replace(/\n/g, ' | ')}`);
+        }
+        log(`  round ${round + 1}/${cfg.tlsRounds} ${mode.padEnd(8)} ${parts.join(', ')}`);
+      }
+    }
+    for (const mode of cfg.tlsModes) {
+      result.summary[mode] = {};
+      for (const t of names) {
+        const rs = result.runs.filter((r) => r.mode === mode && r.target === t);
+        const tps = rs.map((r) => r.tps).filter(Number.isFinite);
+        result.summary[mode][t] = {
+          median: median(tps),
+          min: min(tps),
+          max: max(tps),
+          failed: rs.reduce((a, r) => a + r.failed, 0),
+          cpuUsPerTx: median(rs.map((r) => r.cpuUsPerTx).filter(Number.isFinite)),
+        };
+      }
+    }
+    await tlsProxy.service.stop();
+    await tlsBouncer?.service.stop();
+    return result;
+  }
+
   const pgbenchOpts = (mode: PgbenchMode, seconds = cfg.seconds) => ({ mode, clients: cfg.clients, threads: cfg.threads, seconds });
   const pidOf = (t: TargetName) =>
     t === 'proxy' ? proxy.service.child.pid : t === 'pgbouncer' ? bouncer?.pid : t === 'bare' ? bare.service.child.pid : null;
@@ -313,6 +442,9 @@ async function main(): Promise<number> {
     }
   }
   log();
+
+  // ---- Part 1b: TLS on both sides ---------------------------------------------------------------
+  const tlsPart = cfg.tls ? await runTlsPart() : null;
 
   // ---- Part 2: scrape cost ----------------------------------------------------------------------
   const metricsUrl = `http://127.0.0.1:${proxy.metricsPort}/metrics`;
@@ -408,7 +540,12 @@ async function main(): Promise<number> {
 
   // ---- Part 4: added latency per query, one client ---------------------------------------------
   log(`part 4: latency of SELECT 1 with one client, ${cfg.latencyRounds} rounds x ${cfg.latencyQueries} queries per target`);
-  const latencyTargets = targetNames.map((t) => ({ name: t, config: { ...targets[t]!, application_name: 'pgbg-bench latency' } }));
+  // Plain text everywhere (the bench server has ssl = on for part 1b; node-postgres asks for none).
+  const plainConfig = (t: TargetName, application_name: string): pg.ClientConfig => {
+    const { sslmode: _sslmode, ...conn } = targets[t]!;
+    return { ...conn, ssl: false, application_name };
+  };
+  const latencyTargets = targetNames.map((t) => ({ name: t, config: plainConfig(t, 'pgbg-bench latency') }));
   const latency: LatencySamples[] = await measureLatency(latencyTargets, { rounds: cfg.latencyRounds, queries: cfg.latencyQueries, warmup: 100 }, log);
   log();
 
@@ -420,7 +557,7 @@ async function main(): Promise<number> {
     if (bouncer) middles.unshift(['pgbouncer', bouncer.pid]);
     for (const [t, pid] of middles) {
       if (wasInterrupted()) return 130;
-      const r = await measureIdleSessions(t, { ...targets[t]!, application_name: 'pgbg-bench idle' }, pid, cfg.idleClients, 50);
+      const r = await measureIdleSessions(t, plainConfig(t, 'pgbg-bench idle'), pid, cfg.idleClients, 50);
       idle.push(r);
       log(
         `  ${t}: ${r.opened} open (${r.failures} failed${r.firstFailure ? `: ${r.firstFailure}` : ''}), open p50 ${fmt(r.openMsP50, 2)} ms / p99 ${fmt(r.openMsP99, 2)} ms, ` +
@@ -529,6 +666,27 @@ async function main(): Promise<number> {
     log();
   }
 
+  if (tlsPart && !tlsPart.skipped) {
+    log(`TLS on both sides: pgbench -S -c ${cfg.clients} -j ${cfg.threads} -T ${cfg.seconds}, sslmode=require to each target, upstream verify-full; ${cfg.tlsRounds} rounds`);
+    const trows: string[][] = [];
+    for (const mode of cfg.tlsModes) {
+      for (const [t, s] of Object.entries(tlsPart.summary[mode] ?? {})) {
+        trows.push([mode, t, fmt(s.median), fmt(s.min), fmt(s.max), String(s.failed), t === 'direct-tls' ? '-' : fmt(s.cpuUsPerTx, 1)]);
+      }
+    }
+    log(table(['mode', 'target', 'median tps', 'min tps', 'max tps', 'failed tx', 'CPU us/tx'], trows));
+    const rrows = cfg.tlsModes.map((mode) => {
+      const t = tlsPart.summary[mode] ?? {};
+      const plain = summary[mode];
+      const tlsRatio = ratio(t['proxy-tls']?.median ?? NaN, t['pgbouncer-tls']?.median ?? NaN);
+      const plainRatio = plain ? ratio(plain.proxy?.median ?? NaN, plain.pgbouncer?.median ?? NaN) : NaN;
+      tlsPart.ratios = { ...tlsPart.ratios, [mode]: { proxyOverPgbouncerTls: tlsRatio, proxyOverPgbouncerPlain: plainRatio, proxyOverDirectTls: ratio(t['proxy-tls']?.median ?? NaN, t['direct-tls']?.median ?? NaN) } };
+      return [mode, fmt(tlsRatio, 3), plain ? fmt(plainRatio, 3) : 'n/a', fmt(ratio(t['proxy-tls']?.median ?? NaN, t['direct-tls']?.median ?? NaN), 3)];
+    });
+    log(table(['mode', 'proxy/pgbouncer, TLS', 'proxy/pgbouncer, plain (part 1)', 'proxy/direct, TLS'], rrows));
+    log();
+  }
+
   let scrapeSummary: Record<string, unknown> = { skipped: scrape.skipped };
   if (!scrape.skipped) {
     const off = median(scrape.off);
@@ -627,6 +785,7 @@ async function main(): Promise<number> {
     proxyExit: proxy.service.exitReason(),
     config: cfg,
     pgbench: { targets: targetNames, pgbouncerSkipped: bouncerSkipped, summary, runs },
+    tls: tlsPart ?? { skipped: 'BENCH_TLS=0' },
     scrape: scrapeSummary,
     timeToJobId: jobs ?? { skipped: jobsSkipped },
     latency,

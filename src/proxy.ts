@@ -20,6 +20,8 @@ import { readinessCheck } from './metrics/readiness.js';
 import { AdminConsole } from './admin/admin-console.js';
 import { createAdminControls } from './admin/controls.js';
 import { PauseSwitch } from './admin/pause-switch.js';
+import { connectPgClient, UpstreamTlsState } from './tls/upstream-tls.js';
+import { ClientTls } from './tls/client-tls.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -49,14 +51,19 @@ function routerFor(config: ProxyConfig): StatementRouter {
 export async function startProxy(config: ProxyConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const log = options.log ?? createLogger(config.log);
   if (config.jobs.enabled) await loadSqlParser();
-  if (config.jobs.migrateOnStart) await migrateRegistry(config, log);
+  // tls.server, shared by client sessions' upstream connections and the proxy's own.
+  // Both load their files now: a TLS file that cannot be used stops the start before anything runs.
+  const upstreamTls = new UpstreamTlsState(config.tls.server, log);
+  const clientTls = new ClientTls(config.tls.client, log);
+  const serverTls = () => upstreamTls.current;
+  if (config.jobs.migrateOnStart) await migrateRegistry(config, log, upstreamTls);
   let router = routerFor(config);
-  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout) : null;
+  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout, serverTls) : null;
   reconciler?.start();
   let current = config;
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
-  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
+  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout, serverTls) : null;
   const pause = new PauseSwitch();
   pause.exportTo(metrics.registry);
   const controls = createAdminControls({
@@ -67,16 +74,18 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     sessions: () => listener.sessions,
     registry: metrics.registry,
   });
-  const adminConsole = new AdminConsole({ controls, log });
+  const adminConsole = new AdminConsole({ controls, log, upstreamTls: serverTls });
   const listener = await startListener(config, {
     log,
     router: () => router,
     jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, schedulingPolicy(() => current)) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
+    upstreamTls,
+    clientTls,
   });
   sessionCount = () => listener.sessions.size;
-  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current), log) : null;
+  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current, serverTls), log) : null;
   const running: RunningProxy = {
     address: listener.address,
     listener,
@@ -86,6 +95,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     pause,
     reload(next) {
       current = next;
+      upstreamTls.reload(next.tls.server);
       router = routerFor(next);
       listener.reload(next);
       reconciler?.setInterval(next.jobs.reconcileInterval);
@@ -111,10 +121,10 @@ function packageVersion(): string {
 }
 
 /** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */
-async function migrateRegistry(config: ProxyConfig, log: Logger): Promise<void> {
-  if (!config.jobs.registryUrl) throw new Error('jobs.migrateOnStart needs jobs.registryUrl (or PGBG_REGISTRY_URL)');
-  const client = new pg.Client({ connectionString: config.jobs.registryUrl, application_name: 'pgbg-proxy migrate' });
-  await client.connect();
+async function migrateRegistry(config: ProxyConfig, log: Logger, tls: UpstreamTlsState): Promise<void> {
+  const url = config.jobs.registryUrl;
+  if (!url) throw new Error('jobs.migrateOnStart needs jobs.registryUrl (or PGBG_REGISTRY_URL)');
+  const client = await connectPgClient(url, tls.current, (ssl) => new pg.Client({ connectionString: url, application_name: 'pgbg-proxy migrate', ssl }));
   try {
     const { from, to } = await migrate(client);
     log.info({ from, to }, from === to ? 'registry is current' : 'registry migrated');

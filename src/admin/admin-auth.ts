@@ -9,6 +9,7 @@ import { SqlState } from '../protocol/sqlstate.js';
 import { buildStartupPacket } from '../protocol/startup.js';
 import * as fe from '../protocol/frontend-writer.js';
 import { connectUpstream, type UpstreamAddress } from '../upstream/connect.js';
+import { ScramChannelBinding } from '../tls/channel-binding.js';
 
 /**
  * Lets a client into the admin console only after the PostgreSQL server itself has
@@ -150,6 +151,7 @@ class AuthRelay {
   private readonly fromServer = new MessageCutter();
   private readonly parser = new Parser();
   private readonly serverParameters = new Map<string, string>();
+  private readonly scram: ScramChannelBinding;
   private checkRow: (string | null)[] | null = null;
   private checkError: { code: string; message: string } | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -159,7 +161,9 @@ class AuthRelay {
     private readonly upstream: net.Socket,
     private readonly opts: AdminAuthOptions,
     private readonly resolve: (admission: AdminAdmission | null) => void,
-  ) {}
+  ) {
+    this.scram = new ScramChannelBinding(client, upstream);
+  }
 
   private get done(): boolean {
     return this.phase === 'done';
@@ -212,6 +216,8 @@ class AuthRelay {
       if (m[0] === TERMINATE) return this.finish(null);
       if (m[0] !== PASSWORD) return;
       this.fromClient.take(m);
+      const refusal = this.scram.fromClient(m[0], m);
+      if (refusal) return this.fail(refusal);
       this.upstream.write(Buffer.from(m));
     }
   }
@@ -233,7 +239,7 @@ class AuthRelay {
       case R: // authentication requests and AuthenticationOk: the client answers the server
       case N:
       case V: // NegotiateProtocolVersion
-        this.client.write(Buffer.from(m));
+        this.client.write(Buffer.from(this.scram.fromServer(m)));
         return;
       case S:
         this.noteParameter(m);

@@ -7,10 +7,13 @@ import { admitAdmin } from './admin-auth.js';
 import { ConsoleSession } from './console-session.js';
 import type { AdminControls } from './controls.js';
 import { RegistryConnection } from '../jobs/registry-connection.js';
+import type { UpstreamTls } from '../tls/upstream-tls.js';
 
 export interface AdminConsoleOptions {
   controls: AdminControls;
   log: Logger;
+  /** tls.server as currently loaded, for the login relay and the registry connection. */
+  upstreamTls?: () => UpstreamTls;
 }
 
 /**
@@ -34,7 +37,7 @@ export class AdminConsole {
       () => controls.config().upstream.connectTimeout,
       options.log,
       // a console command must never hang on a lock in the registry
-      { applicationName: 'pgbg-proxy admin console', statementTimeoutMs: 30_000 },
+      { applicationName: 'pgbg-proxy admin console', statementTimeoutMs: 30_000, tls: options.upstreamTls },
     );
   }
 
@@ -58,7 +61,7 @@ export class AdminConsole {
     let admission;
     try {
       admission = await admitAdmin(socket, params, rest, {
-        upstream: { host: config.upstream.host, port: config.upstream.port },
+        upstream: { host: config.upstream.host, port: config.upstream.port, tls: this.options.upstreamTls?.() },
         connectTimeoutMs: config.upstream.connectTimeout,
         timeoutMs: config.limits.startupTimeout,
         authDatabase: config.admin.authDatabase,

@@ -15,6 +15,13 @@ const configOptions = {
   'metrics-listen': { type: 'string' },
   'log-level': { type: 'string' },
   'max-in-flight': { type: 'string' },
+  'tls-client-mode': { type: 'string' },
+  'tls-client-cert': { type: 'string' },
+  'tls-client-key': { type: 'string' },
+  'tls-server-mode': { type: 'string' },
+  'tls-server-ca': { type: 'string' },
+  'tls-server-cert': { type: 'string' },
+  'tls-server-key': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -23,6 +30,8 @@ export const commands: Record<string, Command> = {
     summary: 'run the proxy',
     usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--upstream HOST:PORT]
                  [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N] [--migrate]
+                 [--tls-client-mode MODE --tls-client-cert FILE --tls-client-key FILE]
+                 [--tls-server-mode MODE --tls-server-ca FILE --tls-server-cert FILE --tls-server-key FILE]
 
   --config FILE            YAML configuration (see config/pgbg-proxy.yaml)
   --listen HOST:PORT       where clients connect (default 127.0.0.1:6432)
@@ -32,10 +41,16 @@ export const commands: Record<string, Command> = {
   --max-in-flight N        background jobs running on the server at once; more wait queued
                            (a number, auto = from max_worker_processes, or unlimited)
   --migrate                create or upgrade the pgbg schema (jobs.registryUrl) before serving
+  --tls-client-mode MODE   TLS for clients: disable, allow, prefer, require
+  --tls-client-cert FILE   the proxy's certificate (PEM) shown to clients; --tls-client-key FILE its key
+  --tls-server-mode MODE   TLS to the server: disable, prefer, require, verify-ca, verify-full
+  --tls-server-ca FILE     CA certificates (PEM) that verify the server
+  --tls-server-cert FILE   client certificate (PEM) the proxy shows the server; --tls-server-key FILE its key
 Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
-PGBG_MAX_IN_FLIGHT.
+PGBG_MAX_IN_FLIGHT, PGBG_TLS_CLIENT_MODE, PGBG_TLS_CLIENT_CERT, PGBG_TLS_CLIENT_KEY, PGBG_TLS_SERVER_MODE,
+PGBG_TLS_SERVER_CA, PGBG_TLS_SERVER_CERT, PGBG_TLS_SERVER_KEY.
 Flags win over environment variables, which win over the file.
-Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
+Signals: SIGHUP reloads the file (and the TLS certificate and key files); SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
     options: { ...configOptions, migrate: { type: 'boolean' } },
     // Commands load their modules on use, so --help and check-config start fast.
     run: async (v) => (await import('./start.js')).runStart(configFrom(v), () => configFrom(v)),
@@ -68,6 +83,13 @@ function configFrom(values: Record<string, string | boolean | undefined>) {
     logLevel: values['log-level'] as string | undefined,
     migrateOnStart: values.migrate === true ? true : undefined,
     maxInFlight: values['max-in-flight'] !== undefined ? inFlightValue(values['max-in-flight'] as string) : undefined,
+    tlsClientMode: values['tls-client-mode'] as string | undefined,
+    tlsClientCert: values['tls-client-cert'] as string | undefined,
+    tlsClientKey: values['tls-client-key'] as string | undefined,
+    tlsServerMode: values['tls-server-mode'] as string | undefined,
+    tlsServerCa: values['tls-server-ca'] as string | undefined,
+    tlsServerCert: values['tls-server-cert'] as string | undefined,
+    tlsServerKey: values['tls-server-key'] as string | undefined,
   };
   return loadConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
 }

@@ -13,7 +13,25 @@ export interface ConfigOverrides {
   registryUrl?: string;
   migrateOnStart?: boolean;
   maxInFlight?: number | string;
+  tlsClientMode?: string;
+  tlsClientCert?: string;
+  tlsClientKey?: string;
+  tlsServerMode?: string;
+  tlsServerCa?: string;
+  tlsServerCert?: string;
+  tlsServerKey?: string;
 }
+
+/** Override keys that set tls.<side>.<key>. */
+const TLS_KEYS = {
+  tlsClientMode: ['client', 'mode'],
+  tlsClientCert: ['client', 'cert'],
+  tlsClientKey: ['client', 'key'],
+  tlsServerMode: ['server', 'mode'],
+  tlsServerCa: ['server', 'ca'],
+  tlsServerCert: ['server', 'cert'],
+  tlsServerKey: ['server', 'key'],
+} as const;
 
 const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   listen: 'PGBG_LISTEN',
@@ -23,6 +41,13 @@ const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   registryUrl: 'PGBG_REGISTRY_URL',
   migrateOnStart: 'PGBG_MIGRATE',
   maxInFlight: 'PGBG_MAX_IN_FLIGHT',
+  tlsClientMode: 'PGBG_TLS_CLIENT_MODE',
+  tlsClientCert: 'PGBG_TLS_CLIENT_CERT',
+  tlsClientKey: 'PGBG_TLS_CLIENT_KEY',
+  tlsServerMode: 'PGBG_TLS_SERVER_MODE',
+  tlsServerCa: 'PGBG_TLS_SERVER_CA',
+  tlsServerCert: 'PGBG_TLS_SERVER_CERT',
+  tlsServerKey: 'PGBG_TLS_SERVER_KEY',
 };
 
 export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
@@ -86,5 +111,12 @@ function applyOverrides(raw: Record<string, unknown>, o: ConfigOverrides): Recor
   if (o.registryUrl !== undefined) out.jobs = { ...(raw.jobs as object | undefined), registryUrl: o.registryUrl };
   if (o.maxInFlight !== undefined) out.jobs = { ...(out.jobs as object | undefined), maxInFlight: o.maxInFlight };
   if (o.migrateOnStart !== undefined) out.jobs = { ...(out.jobs as object | undefined), migrateOnStart: o.migrateOnStart };
+  for (const [key, [side, field]] of Object.entries(TLS_KEYS) as [keyof typeof TLS_KEYS, (typeof TLS_KEYS)[keyof typeof TLS_KEYS]][]) {
+    const value = o[key];
+    if (value === undefined) continue;
+    const tls = (out.tls && typeof out.tls === 'object' ? out.tls : {}) as Record<string, unknown>;
+    const sideValue = (tls[side] && typeof tls[side] === 'object' ? tls[side] : {}) as Record<string, unknown>;
+    out.tls = { ...tls, [side]: { ...sideValue, [field]: value } };
+  }
   return out;
 }

@@ -114,6 +114,58 @@ export const ruleSchema = z
   })
   .strict();
 
+/** A file path, read when the configuration is applied (start, SIGHUP, RELOAD). */
+const filePath = z.string().min(1);
+
+/**
+ * TLS towards clients. disable: SSLRequest answered 'N' (plain text only). allow and prefer
+ * (the same on the accepting side, as in PgBouncer): TLS for clients that ask, plain text
+ * for the rest. require: plain-text clients are refused the way the server refuses them
+ * without a hostssl entry. cert and key are required unless the mode is disable.
+ */
+const clientTlsSchema = z
+  .object({
+    mode: z.enum(['disable', 'allow', 'prefer', 'require']).default('disable'),
+    cert: filePath.optional(),
+    key: filePath.optional(),
+  })
+  .strict()
+  .superRefine((v, ctx) => {
+    if (v.mode === 'disable') return;
+    for (const k of ['cert', 'key'] as const) {
+      if (!v[k]) ctx.addIssue({ code: 'custom', path: [k], message: `required when tls.client.mode is ${v.mode}` });
+    }
+  });
+
+/**
+ * TLS towards the server, libpq's sslmode values: disable, prefer (TLS when the server offers
+ * it, unverified), require (TLS, unverified), verify-ca (chain checked against ca),
+ * verify-full (chain and host name). cert/key: the proxy's client certificate, optional.
+ */
+const serverTlsSchema = z
+  .object({
+    mode: z.enum(['disable', 'prefer', 'require', 'verify-ca', 'verify-full']).default('disable'),
+    ca: filePath.optional(),
+    cert: filePath.optional(),
+    key: filePath.optional(),
+  })
+  .strict()
+  .superRefine((v, ctx) => {
+    if ((v.mode === 'verify-ca' || v.mode === 'verify-full') && !v.ca) {
+      ctx.addIssue({ code: 'custom', path: ['ca'], message: `required when tls.server.mode is ${v.mode} (the CA that signed the server's certificate)` });
+    }
+    if (Boolean(v.cert) !== Boolean(v.key)) {
+      ctx.addIssue({ code: 'custom', path: [v.cert ? 'key' : 'cert'], message: 'tls.server.cert and tls.server.key go together' });
+    }
+  });
+
+export const tlsSchema = z
+  .object({
+    client: clientTlsSchema.default({ mode: 'disable' }),
+    server: serverTlsSchema.default({ mode: 'disable' }),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     listen: hostPort.default({ host: '127.0.0.1', port: 6432 }),
@@ -125,6 +177,7 @@ export const configSchema = z
       })
       .strict()
       .default({ host: '127.0.0.1', port: 5432, connectTimeout: 5000 }),
+    tls: tlsSchema.default({ client: { mode: 'disable' }, server: { mode: 'disable' } }),
     metricsListen: hostPort.nullable().default(null),
     /** Job metrics are read from the server at most once per this interval, however often scraped. */
     metricsSnapshotTtl: duration.default(1000),
@@ -200,3 +253,4 @@ export const configSchema = z
 export type ProxyConfig = z.output<typeof configSchema>;
 export type ProxyConfigInput = z.input<typeof configSchema>;
 export type Rule = z.output<typeof ruleSchema>;
+export type TlsConfig = z.output<typeof tlsSchema>;

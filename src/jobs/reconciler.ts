@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { RegistryConnection } from './registry-connection.js';
+import type { UpstreamTls } from '../tls/upstream-tls.js';
 
 /**
  * Periodically asks the registry database to mark jobs whose worker vanished without an outcome
@@ -18,8 +19,9 @@ export class Reconciler {
     private intervalMs: number,
     private readonly log: Logger,
     connectTimeoutMs = 5000,
+    tls?: () => UpstreamTls,
   ) {
-    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy reconciler' });
+    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy reconciler', tls });
   }
 
   start(): void {

@@ -2,12 +2,15 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { PgError } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
+import { connectPgClient, type UpstreamTls } from '../tls/upstream-tls.js';
 
 export interface RegistryConnectionOptions {
   /** Shown in pg_stat_activity: who in the proxy this connection serves. */
   applicationName: string;
   /** A bound on each statement, for users that must never hang on a lock. */
   statementTimeoutMs?: number;
+  /** tls.server as currently loaded (read at each connect); absent: plain text. */
+  tls?: () => UpstreamTls;
 }
 
 /**
@@ -72,23 +75,26 @@ export class RegistryConnection {
   }
 
   private async open(url: string): Promise<pg.Client> {
-    const client = new pg.Client({
-      connectionString: url,
-      application_name: this.options.applicationName,
-      connectionTimeoutMillis: this.connectTimeoutMs(),
-      statement_timeout: this.options.statementTimeoutMs,
-    });
-    client.on('error', (err) => {
-      this.log.warn({ err: err.message, connection: this.options.applicationName }, 'registry connection lost');
-      if (this.client === client) {
-        this.client = null;
-        this.connectedUrl = null;
-      }
-    });
+    let client: pg.Client;
     try {
-      await client.connect();
+      client = await connectPgClient(url, this.options.tls?.(), (ssl) => {
+        const c = new pg.Client({
+          connectionString: url,
+          application_name: this.options.applicationName,
+          connectionTimeoutMillis: this.connectTimeoutMs(),
+          statement_timeout: this.options.statementTimeoutMs,
+          ssl,
+        });
+        c.on('error', (err) => {
+          this.log.warn({ err: err.message, connection: this.options.applicationName }, 'registry connection lost');
+          if (this.client === c) {
+            this.client = null;
+            this.connectedUrl = null;
+          }
+        });
+        return c;
+      });
     } catch (err) {
-      client.end().catch(() => {});
       const e = asPgError(err);
       throw new PgError(e.code, `could not connect to the job registry: ${e.message}`, e.detail, e.hint);
     }

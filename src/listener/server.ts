@@ -10,7 +10,9 @@ import { quietObserver, type SessionObserver } from '../session/session-observer
 import type { StatementRouter } from '../rules/route.js';
 import type { JobSubmitter } from '../jobs/submitter.js';
 import { CancelKeys } from './cancel-keys.js';
-import { readStartup } from './startup-reader.js';
+import { ClientTls } from '../tls/client-tls.js';
+import { negotiateStartup } from '../tls/client-negotiation.js';
+import { UpstreamTlsState, type UpstreamTls } from '../tls/upstream-tls.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
 export type AdminConsoleHandler = (socket: net.Socket, params: Map<string, string>, rest: Buffer, sessionId: string) => void;
@@ -21,6 +23,10 @@ export interface ProxyParts {
   jobs?: JobSubmitter | null;
   observer?: SessionObserver;
   adminConsole?: AdminConsoleHandler;
+  /** tls.server state shared with the proxy's own connections; the listener keeps its own when absent. */
+  upstreamTls?: UpstreamTlsState;
+  /** tls.client state, when the caller loaded it already; the listener keeps its own when absent. */
+  clientTls?: ClientTls;
 }
 
 export interface RunningListener {
@@ -32,9 +38,9 @@ export interface RunningListener {
   close(graceMs?: number): Promise<void>;
 }
 
-export function sessionSettings(config: ProxyConfig): SessionSettings {
+export function sessionSettings(config: ProxyConfig, upstreamTls?: UpstreamTls): SessionSettings {
   return {
-    upstream: { host: config.upstream.host, port: config.upstream.port },
+    upstream: { host: config.upstream.host, port: config.upstream.port, tls: upstreamTls },
     connectTimeoutMs: config.upstream.connectTimeout,
     maxMessageBytes: config.limits.maxMessageBytes,
     inTransaction: config.jobs.inTransaction,
@@ -44,8 +50,11 @@ export function sessionSettings(config: ProxyConfig): SessionSettings {
 
 export async function startListener(initial: ProxyConfig, parts: ProxyParts): Promise<RunningListener> {
   let config = initial;
-  let settings = sessionSettings(config);
   const log = parts.log;
+  // Both throw when TLS is configured with files that cannot be used: better than starting without it.
+  const clientTls = parts.clientTls ?? new ClientTls(config.tls.client, log);
+  const upstreamTls = parts.upstreamTls ?? new UpstreamTlsState(config.tls.server, log);
+  let settings = sessionSettings(config, upstreamTls.current);
   const cancelKeys = new CancelKeys();
   const sessions = new Set<ClientSession>();
   const observer = parts.observer ?? quietObserver;
@@ -61,8 +70,9 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       return;
     }
     pending++;
-    readStartup(socket, config.limits.startupTimeout)
-      .then((outcome) => {
+    negotiateStartup(socket, clientTls, config.limits.startupTimeout, log, observer)
+      .then(({ socket, outcome }) => {
+        if (outcome.kind === 'closed') return;
         if (outcome.kind === 'cancel') {
           // Nothing is sent back to a CancelRequest, matched or not, as with PostgreSQL.
           cancelKeys.cancel(outcome.pid, outcome.key);
@@ -70,6 +80,10 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           return;
         }
         const params = outcome.packet.params;
+        if (clientTls.refusesPlain(socket)) {
+          log.warn({ remote: socket.remoteAddress, user: params.get('user'), database: params.get('database') }, 'client refused: TLS required (tls.client.mode = require)');
+          return refuse(socket, clientTls.plainRefusal(socket.remoteAddress, params));
+        }
         const id = randomBytes(4).toString('hex');
         if (closing) return refuse(socket, new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
         if (sessions.size >= config.limits.maxClients) {
@@ -102,7 +116,8 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           if (err.reason !== 'startup_eof') {
             log.warn({ remote: socket.remoteAddress, reason: err.reason, err: err.message }, 'startup refused');
             const code = err.reason === 'bad_protocol' ? SqlState.FeatureNotSupported : SqlState.ProtocolViolation;
-            return refuse(socket, new PgError(code, err.message, undefined, undefined, 'FATAL'));
+            // Inside TLS the answer goes through the TLS socket (negotiateStartup attaches it).
+            return refuse((err as { socket?: net.Socket }).socket ?? socket, new PgError(code, err.message, undefined, undefined, 'FATAL'));
           }
         } else {
           log.error({ err }, 'startup failed');
@@ -129,7 +144,9 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
     sessions,
     reload(next) {
       config = next;
-      settings = sessionSettings(next);
+      clientTls.reload(next.tls.client);
+      if (!parts.upstreamTls) upstreamTls.reload(next.tls.server);
+      settings = sessionSettings(next, upstreamTls.current);
     },
     async close(graceMs = config.shutdown.grace) {
       closing = true;

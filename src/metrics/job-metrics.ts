@@ -2,6 +2,7 @@ import pg from 'pg';
 import { Gauge, Counter, Histogram, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import { RegistryConnection } from '../jobs/registry-connection.js';
+import type { UpstreamTls } from '../tls/upstream-tls.js';
 
 interface GroupCount extends pg.QueryResultRow {
   database: string;
@@ -71,8 +72,9 @@ export class JobMetrics {
     /** Read on each scrape, so a reload applies (the /metrics text cache uses the same setting). */
     private readonly snapshotTtlMs: () => number = () => 1000,
     connectTimeoutMs = 5000,
+    tls?: () => UpstreamTls,
   ) {
-    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy metrics' });
+    this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy metrics', tls });
     const self = this;
     const byGroup = (gauge: Gauge<'database' | 'user' | 'rule'>, rows: GroupCount[]) => {
       gauge.reset();

@@ -28,6 +28,7 @@ import { jobCommandComplete, jobRow, jobRowDescription } from './job-answer.js';
 import { raiseStatement } from './raise-statement.js';
 import { parse as parseMessage, query as queryMessage } from '../protocol/frontend-writer.js';
 import type { SessionObserver } from './session-observer.js';
+import { ScramChannelBinding } from '../tls/channel-binding.js';
 
 export interface SessionSettings {
   upstream: UpstreamAddress;
@@ -89,6 +90,8 @@ export class ClientSession implements BackendStreamSink {
   private idleWaiters: (() => void)[] = [];
   private collector: ExchangeCollector | null = null;
   private authHeld: Buffer[] = [];
+  /** SCRAM channel binding across the proxy's TLS termination (src/tls/channel-binding.ts). */
+  private scram: ScramChannelBinding | null = null;
 
   private realPid = 0;
   private realKey = 0;
@@ -186,6 +189,7 @@ export class ClientSession implements BackendStreamSink {
     this.deps.observer.upstreamConnected(1);
     this.phase = 'auth';
     const up = this.upstream;
+    this.scram = new ScramChannelBinding(this.client, up);
     up.on('data', (chunk: Buffer) => this.onUpstreamData(chunk));
     up.on('drain', () => this.unpause('upstream'));
     up.on('error', (err) => this.deps.log.debug({ session: this.id, err: err.message }, 'upstream socket error'));
@@ -213,7 +217,10 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onClientMessage(type: number, msg: Buffer): void {
+    if (this.phase === 'closed') return;
     if (this.phase === 'auth') {
+      const refusal = this.scram?.fromClient(type, msg);
+      if (refusal) return this.fatal(refusal);
       // Authentication answers (PasswordMessage, SASL) go straight through; anything else waits
       // until the session is ready, so that no statement reaches the server unrouted.
       if (type === 0x70 && this.authHeld.length === 0) this.outbound.add(msg);
@@ -617,7 +624,7 @@ export class ClientSession implements BackendStreamSink {
       this.relay(backendKeyData(this.proxyKey.pid, this.proxyKey.key));
       return;
     }
-    this.relay(message);
+    this.relay(this.scram ? this.scram.fromServer(message) : message);
     if (type === 0x5a) {
       this.phase = 'ready';
       this.txStatus = String.fromCharCode(message[5]) as 'I' | 'T' | 'E';

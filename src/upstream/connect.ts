@@ -1,12 +1,25 @@
 import net from 'node:net';
+import { startUpstreamTls, type UpstreamTls } from '../tls/upstream-tls.js';
 
 export interface UpstreamAddress {
   host: string;
   port: number;
+  /** tls.server as loaded; absent: plain text. */
+  tls?: UpstreamTls;
 }
 
-/** Opens a TCP (or, for a host starting with '/', Unix-socket) connection with a deadline. */
-export function connectUpstream(addr: UpstreamAddress, timeoutMs: number): Promise<net.Socket> {
+/**
+ * Opens a TCP (or, for a host starting with '/', Unix-socket) connection with a deadline, and
+ * negotiates TLS on it as tls.server says (src/tls/upstream-tls.ts), within the same deadline.
+ */
+export async function connectUpstream(addr: UpstreamAddress, timeoutMs: number): Promise<net.Socket> {
+  const deadline = Date.now() + timeoutMs;
+  const socket = await connectSocket(addr, timeoutMs);
+  if (!addr.tls) return socket;
+  return startUpstreamTls(socket, addr.host, addr.tls, Math.max(1, deadline - Date.now()));
+}
+
+function connectSocket(addr: UpstreamAddress, timeoutMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = addr.host.startsWith('/')
       ? net.connect({ path: `${addr.host}/.s.PGSQL.${addr.port}` })
@@ -29,7 +42,7 @@ export function connectUpstream(addr: UpstreamAddress, timeoutMs: number): Promi
   });
 }
 
-/** Sends a CancelRequest for (pid, key) on a fresh connection, as PostgreSQL requires. */
+/** Sends a CancelRequest for (pid, key) on a fresh connection (in TLS where tls.server says so), as PostgreSQL requires. */
 export async function sendCancel(addr: UpstreamAddress, pid: number, key: number, timeoutMs: number): Promise<void> {
   const socket = await connectUpstream(addr, timeoutMs);
   const packet = Buffer.alloc(16);

@@ -42,6 +42,13 @@ export interface StartClusterOptions {
   settings?: Record<string, string>;
   /** Force the stand-in even when the real extension is available (default: env PGBG_TEST_STANDIN=1). */
   standin?: boolean;
+  /**
+   * pg_hba.conf lines for TCP connections, replacing the default `host` lines (the local
+   * socket keeps `trust`, which the harness itself uses). E.g. hostssl-only rules for TLS tests.
+   */
+  hostHba?: string[];
+  /** Files written into the data directory before the server starts (mode 0600, owned by the server's user): certificates and keys. */
+  dataFiles?: Record<string, string | Buffer>;
 }
 
 /** Plain data describing a running cluster; safe to pass between processes. */
@@ -320,7 +327,12 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
   installExitHook();
   startWatchdog(info);
   try {
-    await initCluster(info);
+    await initCluster(info, opts.hostHba);
+    for (const [name, content] of Object.entries(opts.dataFiles ?? {})) {
+      const file = path.join(info.dataDir, name);
+      await fs.writeFile(file, content, { mode: 0o600 });
+      if (info.osUser !== null) spawnSync('chown', [info.osUser, file]);
+    }
     await startServer(info, opts.settings ?? {});
     await bootstrap(info, opts.standin ?? process.env.PGBG_TEST_STANDIN === '1');
   } catch (err) {
@@ -330,7 +342,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
   return makeCluster(info, { owned: true });
 }
 
-async function initCluster(info: ClusterInfo): Promise<void> {
+async function initCluster(info: ClusterInfo, hostHba?: string[]): Promise<void> {
   const pwFile = path.join(info.baseDir, 'pwfile');
   await fs.writeFile(pwFile, `${ROLE_PASSWORDS.postgres}\n`, { mode: 0o600 });
   if (info.osUser !== null) spawnSync('chown', [info.osUser, pwFile]);
@@ -347,9 +359,7 @@ async function initCluster(info: ClusterInfo): Promise<void> {
     [
       '# pgbg-proxy test cluster (test/harness/cluster.ts)',
       'local all all trust',
-      'host all trustuser 127.0.0.1/32 trust',
-      'host all md5user 127.0.0.1/32 md5',
-      'host all all 127.0.0.1/32 scram-sha-256',
+      ...(hostHba ?? ['host all trustuser 127.0.0.1/32 trust', 'host all md5user 127.0.0.1/32 md5', 'host all all 127.0.0.1/32 scram-sha-256']),
       '',
     ].join('\n'),
   );

@@ -329,3 +329,48 @@ describe('config/pgbg-proxy.yaml (the documented example)', () => {
     expect(undocumented).toEqual([]);
   });
 });
+
+describe('tls configuration', () => {
+  it('defaults to plain text on both sides', () => {
+    expect(validateConfig({}).tls).toEqual({ client: { mode: 'disable' }, server: { mode: 'disable' } });
+  });
+
+  it('names the missing files for the modes that need them', () => {
+    const msg = configError(() => validateConfig({ tls: { client: { mode: 'prefer' }, server: { mode: 'verify-full' } } }));
+    expect(msg).toContain('tls.client.cert: required when tls.client.mode is prefer');
+    expect(msg).toContain('tls.client.key: required when tls.client.mode is prefer');
+    expect(msg).toContain('tls.server.ca: required when tls.server.mode is verify-full');
+    expect(configError(() => validateConfig({ tls: { server: { mode: 'require', cert: '/c' } } }))).toContain('tls.server.key: tls.server.cert and tls.server.key go together');
+    expect(configError(() => validateConfig({ tls: { client: { mode: 'verify-full' } } }))).toContain('tls.client.mode');
+  });
+
+  it('file < environment < flags, key by key', () => {
+    const file = yamlFile('tls:\n  client:\n    mode: prefer\n    cert: /file.crt\n    key: /file.key\n  server:\n    mode: require\n');
+    const env = overridesFromEnv({ PGBG_TLS_CLIENT_MODE: 'require', PGBG_TLS_SERVER_MODE: 'verify-ca', PGBG_TLS_SERVER_CA: '/env-ca.crt', PGBG_TLS_CLIENT_KEY: '/env.key' });
+    const c = loadConfig(file, env, { tlsClientCert: '/flag.crt', tlsServerMode: 'verify-full' });
+    expect(c.tls.client).toEqual({ mode: 'require', cert: '/flag.crt', key: '/env.key' });
+    expect(c.tls.server).toEqual({ mode: 'verify-full', ca: '/env-ca.crt' });
+  });
+});
+
+describe('check-config: TLS files', () => {
+  it('names a file that cannot be read and a key that does not match its certificate', async () => {
+    const { checkTlsFiles } = await import('../../src/tls/check-files.js');
+    const { TestPki } = await import('../support/certs.js');
+    const pki = new TestPki();
+    try {
+      const ca = pki.ca('ca');
+      const a = pki.leaf('a', ca, '01');
+      const b = pki.leaf('b', ca, '02');
+      expect(checkTlsFiles(validateConfig({ tls: { client: { mode: 'require', cert: a.cert, key: a.key }, server: { mode: 'verify-full', ca: ca.cert } } }).tls)).toEqual([]);
+      const problems = checkTlsFiles(
+        validateConfig({ tls: { client: { mode: 'require', cert: a.cert, key: b.key }, server: { mode: 'verify-ca', ca: path.join(pki.dir, 'missing.crt') } } }).tls,
+      );
+      expect(problems).toHaveLength(2);
+      expect(problems[0]).toMatch(/^tls\.client: cannot use .*a\.crt with .*b\.key: .*key values mismatch/);
+      expect(problems[1]).toMatch(/^tls\.server\.ca: cannot read .*missing\.crt: ENOENT/);
+    } finally {
+      pki.remove();
+    }
+  });
+});
