@@ -2,7 +2,7 @@ import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ProxyConfig } from '../config/schema.js';
-import { errorResponse } from '../protocol/backend-messages.js';
+import { errorResponse, legacyErrorResponse } from '../protocol/backend-messages.js';
 import { PgError, ProtocolViolation } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { ClientSession, type SessionSettings } from '../session/client-session.js';
@@ -11,6 +11,7 @@ import type { StatementRouter } from '../rules/route.js';
 import type { JobSubmitter } from '../jobs/submitter.js';
 import { CancelKeys } from './cancel-keys.js';
 import { readStartup } from './startup-reader.js';
+import { SILENT_STARTUP_FAILURES, UnsupportedProtocol } from '../protocol/startup.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
 export type AdminConsoleHandler = (socket: net.Socket, params: Map<string, string>, rest: Buffer, sessionId: string) => void;
@@ -99,8 +100,12 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       .catch((err) => {
         if (err instanceof ProtocolViolation) {
           observer.protocolError(err.reason);
-          if (err.reason !== 'startup_eof') {
+          if (SILENT_STARTUP_FAILURES.has(err.reason)) {
+            // As PostgreSQL does: logged (an empty connection excepted), the client told nothing.
+            if (err.reason !== 'startup_eof') log.warn({ remote: socket.remoteAddress, reason: err.reason, err: err.message }, 'startup failed: connection closed');
+          } else {
             log.warn({ remote: socket.remoteAddress, reason: err.reason, err: err.message }, 'startup refused');
+            if (err instanceof UnsupportedProtocol && err.legacyFormat) return void socket.end(legacyErrorResponse('FATAL', err.message));
             const code = err.reason === 'bad_protocol' ? SqlState.FeatureNotSupported : SqlState.ProtocolViolation;
             return refuse(socket, new PgError(code, err.message, undefined, undefined, 'FATAL'));
           }

@@ -4,7 +4,6 @@ import { BackendStream, type BackendStreamSink } from '../protocol/backend-strea
 import { FrontendFramer } from '../protocol/frontend-framer.js';
 import { readBind, readExecute, readParse, readQuery, readTarget } from '../protocol/frontend-messages.js';
 import {
-  backendKeyData,
   bindComplete,
   closeComplete,
   errorResponse,
@@ -90,9 +89,11 @@ export class ClientSession implements BackendStreamSink {
   private collector: ExchangeCollector | null = null;
   private authHeld: Buffer[] = [];
 
+  /** Type of the last message the server sent (relayed or captured). */
+  private lastServerMessage = 0;
   private realPid = 0;
   private realKey = 0;
-  private proxyKey: { pid: number; key: number } | null = null;
+  private readonly cancelTarget = { cancel: () => this.cancelUpstream() };
   /** Jobs this session must launch, retry or supervise; null when jobs are disabled. */
   readonly jobs: SessionJobs | null;
   private superviseTimer: NodeJS.Timeout | null = null;
@@ -592,6 +593,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   noteMessage(type: number, status: number): void {
+    this.lastServerMessage = type;
     if (type === 0x5a) {
       if (this.pendingReady > 0) this.pendingReady--;
       this.txStatus = String.fromCharCode(status) as 'I' | 'T' | 'E';
@@ -599,7 +601,14 @@ export class ClientSession implements BackendStreamSink {
   }
 
   capture(type: number, message: Buffer): void {
+    this.lastServerMessage = type;
     if (this.phase === 'auth') return this.onAuthMessage(type, message);
+    // A FATAL ends the server session under the proxy's own statement: the client is told
+    // exactly what the server said, as it would be without the proxy.
+    if (type === ERROR_RESPONSE && isFatal(message)) {
+      this.relay(message);
+      return;
+    }
     // Notifications and parameter changes belong to the client even while we hold the session.
     if (type === 0x41 || type === 0x53) {
       this.relay(message);
@@ -609,13 +618,11 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onAuthMessage(type: number, message: Buffer): void {
-    if (type === 0x4b) {
-      // BackendKeyData: clients get a key made up by the proxy; the server's stays here.
+    if (type === 0x4b && message.length === 13) {
+      // BackendKeyData: the client gets the server's own key, unchanged (see CancelKeys).
       this.realPid = message.readInt32BE(5);
       this.realKey = message.readInt32BE(9);
-      this.proxyKey = this.deps.cancelKeys.issue({ cancel: () => this.cancelUpstream() });
-      this.relay(backendKeyData(this.proxyKey.pid, this.proxyKey.key));
-      return;
+      this.deps.cancelKeys.register(this.realPid, this.realKey, this.cancelTarget);
     }
     this.relay(message);
     if (type === 0x5a) {
@@ -751,7 +758,10 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     if (this.collector) this.collector.reject(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly'));
     if (!this.clientGone) {
-      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0) {
+      // After the server's own FATAL the client sees that and nothing else; only a server
+      // that vanished mid-statement without a word gets the proxy's 08006.
+      const serverSaidWhy = this.lastServerMessage === ERROR_RESPONSE;
+      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0 && !serverSaidWhy) {
         this.client.end(
           errorResponse(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly', undefined, undefined, 'FATAL')),
         );
@@ -768,7 +778,7 @@ export class ClientSession implements BackendStreamSink {
     const wasConnected = this.upstream !== null;
     this.phase = 'closed';
     if (this.superviseTimer) clearTimeout(this.superviseTimer);
-    if (this.proxyKey) this.deps.cancelKeys.release(this.proxyKey.pid);
+    if (this.realPid) this.deps.cancelKeys.release(this.realPid, this.cancelTarget);
     if (this.upstream && !this.upstream.destroyed) {
       // A statement still running keeps its backend busy (the server reads Terminate only
       // after it): cancel it, so the backend goes away now rather than when it finishes.
@@ -781,6 +791,24 @@ export class ClientSession implements BackendStreamSink {
     this.deps.log.info({ session: this.id, duration_ms: Date.now() - this.startedAt }, 'session ended');
     for (const l of this.closeListeners) l();
   }
+}
+
+const ERROR_RESPONSE = 0x45;
+
+/** Whether an ErrorResponse carries severity FATAL or PANIC (the server ends the session). */
+function isFatal(message: Buffer): boolean {
+  let pos = 5;
+  while (pos < message.length && message[pos] !== 0) {
+    const code = message[pos];
+    const end = message.indexOf(0, pos + 1);
+    if (end < 0) return false;
+    if (code === 0x56 /* V, never localized */ || code === 0x53 /* S */) {
+      const severity = message.toString('latin1', pos + 1, end);
+      if (code === 0x56 || severity === 'FATAL' || severity === 'PANIC') return severity === 'FATAL' || severity === 'PANIC';
+    }
+    pos = end + 1;
+  }
+  return false;
 }
 
 /** A statement that fails at Parse time, whatever parameters it was declared with. */
