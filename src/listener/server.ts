@@ -11,6 +11,7 @@ import type { StatementRouter } from '../rules/route.js';
 import type { JobSubmitter } from '../jobs/submitter.js';
 import { CancelKeys } from './cancel-keys.js';
 import { readStartup } from './startup-reader.js';
+import { ReplicationRelay, wantsReplication } from '../session/replication-relay.js';
 import { SILENT_STARTUP_FAILURES, UnsupportedProtocol } from '../protocol/startup.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
@@ -49,6 +50,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   const log = parts.log;
   const cancelKeys = new CancelKeys();
   const sessions = new Set<ClientSession>();
+  const replication = new Set<ReplicationRelay>();
   const observer = parts.observer ?? quietObserver;
   let pending = 0;
   let closing = false;
@@ -62,6 +64,12 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       return;
     }
     pending++;
+    // A refusal of a replication connection is counted as such (the metric operators watch).
+    let observerOfRefusal = () => {};
+    const refuse = (socket: net.Socket, error: PgError) => {
+      observerOfRefusal();
+      refuseWith(socket, error);
+    };
     readStartup(socket, config.limits.startupTimeout)
       .then((outcome) => {
         if (outcome.kind === 'cancel') {
@@ -72,13 +80,20 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
         }
         const params = outcome.packet.params;
         const id = randomBytes(4).toString('hex');
+        const replicationRequested = wantsReplication(params);
+        if (replicationRequested) observerOfRefusal = () => observer.replication('refused');
         if (closing) return refuse(socket, new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
-        if (sessions.size >= config.limits.maxClients) {
-          log.warn({ limit: config.limits.maxClients }, 'client refused: max clients reached');
+        if (sessions.size + replication.size >= config.limits.maxClients) {
+          log.warn({ limit: config.limits.maxClients, replication: replicationRequested }, 'client refused: max clients reached');
           return refuse(socket, new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
         }
-        if (params.get('replication')) {
-          return refuse(socket, new PgError(SqlState.FeatureNotSupported, 'pgbg-proxy does not relay replication connections', undefined, 'Connect to the server directly for replication.', 'FATAL'));
+        if (replicationRequested) {
+          // Relayed byte for byte: see ReplicationRelay.
+          const relay = new ReplicationRelay(socket, outcome.packet.raw, params, id, { settings: () => settings, cancelKeys, observer, log });
+          replication.add(relay);
+          relay.onClose(() => replication.delete(relay));
+          void relay.start(outcome.rest);
+          return;
         }
         if (parts.adminConsole && params.get('database') === config.admin.database) {
           parts.adminConsole(socket, params, outcome.rest, id);
@@ -142,20 +157,21 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       // (and after the grace, end) the sessions before waiting for it.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       const deadline = Date.now() + graceMs;
-      while (sessions.size > 0 && Date.now() < deadline) {
+      while (sessions.size + replication.size > 0 && Date.now() < deadline) {
         for (const s of sessions) s.closeIfIdle();
-        if (sessions.size === 0) break;
+        if (sessions.size + replication.size === 0) break;
         await new Promise((r) => setTimeout(r, 50));
       }
       for (const s of sessions) {
         s.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy shutdown grace period ended', undefined, undefined, 'FATAL'));
       }
+      for (const r of replication) r.close();
       while (pending > 0 && Date.now() < deadline + 1000) await new Promise((r) => setTimeout(r, 10));
       await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
     },
   };
 }
 
-function refuse(socket: net.Socket, error: PgError): void {
+function refuseWith(socket: net.Socket, error: PgError): void {
   socket.end(errorResponse(error));
 }

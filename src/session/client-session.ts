@@ -89,6 +89,8 @@ export class ClientSession implements BackendStreamSink {
   private collector: ExchangeCollector | null = null;
   private authHeld: Buffer[] = [];
 
+  /** The client sent Terminate; the server session is ending. */
+  private terminating = false;
   /** Type of the last message the server sent (relayed or captured). */
   private lastServerMessage = 0;
   private realPid = 0;
@@ -247,8 +249,14 @@ export class ClientSession implements BackendStreamSink {
       case X:
         this.flushOutbound();
         // A session still supervising jobs outlives its client (adopted): keep the server session.
-        if (!this.hasPendingJobs) this.upstream?.end(msg);
-        this.client.end();
+        if (this.hasPendingJobs) {
+          this.client.end();
+          return;
+        }
+        // The server answers what came before the Terminate, then closes: the client gets those
+        // answers, and its connection ends when the server's does (onUpstreamClosed).
+        this.terminating = true;
+        this.upstream?.end(msg);
         return;
       case F:
         this.pendingReady++;
@@ -761,7 +769,7 @@ export class ClientSession implements BackendStreamSink {
       // After the server's own FATAL the client sees that and nothing else; only a server
       // that vanished mid-statement without a word gets the proxy's 08006.
       const serverSaidWhy = this.lastServerMessage === ERROR_RESPONSE;
-      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0 && !serverSaidWhy) {
+      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0 && !serverSaidWhy && !this.terminating) {
         this.client.end(
           errorResponse(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly', undefined, undefined, 'FATAL')),
         );
