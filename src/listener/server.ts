@@ -12,6 +12,7 @@ import type { JobSubmitter } from '../jobs/submitter.js';
 import { CancelKeys } from './cancel-keys.js';
 import { readStartup } from './startup-reader.js';
 import { ReplicationRelay, wantsReplication } from '../session/replication-relay.js';
+import { listenUnixSocket } from './unix-socket.js';
 import { SILENT_STARTUP_FAILURES, UnsupportedProtocol } from '../protocol/startup.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
@@ -27,6 +28,8 @@ export interface ProxyParts {
 
 export interface RunningListener {
   readonly address: { host: string; port: number };
+  /** The Unix-domain socket clients may connect to (listenSocketDir), or null. */
+  readonly socketPath: string | null;
   readonly sessions: ReadonlySet<ClientSession>;
   /** Applies what can change without a restart (limits, timeouts, rules via the router). */
   reload(config: ProxyConfig): void;
@@ -143,9 +146,18 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   server.on('error', (err) => log.error({ err }, 'listener error'));
   const addr = server.address() as net.AddressInfo;
   log.info({ listen: `${addr.address}:${addr.port}`, upstream: `${config.upstream.host}:${config.upstream.port}` }, 'listening');
+  // Unix-socket clients take the same path as TCP ones: their connections are handed to the
+  // TCP server's own connection handler.
+  const unix = config.listenSocketDir
+    ? await listenUnixSocket(config.listenSocketDir, addr.port, (socket) => server.emit('connection', socket), log).catch((err) => {
+        server.close();
+        throw err;
+      })
+    : null;
 
   return {
     address: { host: addr.address, port: addr.port },
+    socketPath: unix?.path ?? null,
     sessions,
     reload(next) {
       config = next;
@@ -156,6 +168,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       // server.close() calls back only once every connection has ended: start it, but drain
       // (and after the grace, end) the sessions before waiting for it.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const unixClosed = unix?.close();
       const deadline = Date.now() + graceMs;
       while (sessions.size + replication.size > 0 && Date.now() < deadline) {
         for (const s of sessions) s.closeIfIdle();
@@ -168,6 +181,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       for (const r of replication) r.close();
       while (pending > 0 && Date.now() < deadline + 1000) await new Promise((r) => setTimeout(r, 10));
       await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
+      await unixClosed;
     },
   };
 }
