@@ -19,6 +19,7 @@ import type { CancelKeys } from '../listener/cancel-keys.js';
 import type { RoutingContext, StatementRouter } from '../rules/route.js';
 import type { BoundParams, JobSubmitter, SubmittedJob } from '../jobs/submitter.js';
 import { SessionJobs } from './session-jobs.js';
+import { noteLargeMessage } from './large-message-release.js';
 import type { JobPlan } from '../jobs/plan.js';
 import { ExchangeCollector } from './exchange-collector.js';
 import { OutboundBatch } from './outbound-batch.js';
@@ -142,7 +143,7 @@ export class ClientSession implements BackendStreamSink {
   }
   /** Idle: the server owes no answers and the proxy runs nothing of its own. */
   get idle(): boolean {
-    return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary;
+    return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary && !this.framer.midStream;
   }
   /** Jobs this session must still launch, retry or read the outcome of. */
   get hasPendingJobs(): boolean {
@@ -204,7 +205,7 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     this.deps.observer.bytes('client_to_server', chunk.length);
     try {
-      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg));
+      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg), this.pieceSink);
     } catch (err) {
       this.flushOutbound();
       if (err instanceof ProtocolViolation) return this.protocolViolation(err);
@@ -216,6 +217,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onClientMessage(type: number, msg: Buffer): void {
+    noteLargeMessage(msg.length);
     if (this.phase === 'auth') {
       // Authentication answers (PasswordMessage, SASL) go straight through; anything else waits
       // until the session is ready, so that no statement reaches the server unrouted.
@@ -229,6 +231,32 @@ export class ClientSession implements BackendStreamSink {
     }
     this.dispatch(type, msg);
   }
+
+  /**
+   * Large Bind, CopyData and FunctionCall messages are relayed in the pieces they arrive in
+   * (see PieceSink) whenever the session would forward them untouched anyway: ready, nothing of
+   * the proxy's own running or held, and, for Bind, no statement of the proxy's own it could
+   * be aimed at.
+   */
+  private readonly pieceSink = {
+    wants: (type: number, total: number): boolean => {
+      noteLargeMessage(total);
+      return (
+        this.phase === 'ready' &&
+        !this.localBusy &&
+        this.held.length === 0 &&
+        !this.skipUntilSync &&
+        (type === 0x64 /* CopyData */ || type === F || (type === B && this.local.empty))
+      );
+    },
+    piece: (type: number, bytes: Buffer, first: boolean): void => {
+      if (first) {
+        if (type === B) this.forwardedSinceSync++;
+        else if (type === F) this.pendingReady++;
+      }
+      this.outbound.add(bytes);
+    },
+  };
 
   private hold(type: number, msg: Buffer): void {
     // A slice of the socket chunk stays valid: Node does not reuse chunk memory.

@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import net from 'node:net';
 import { eventually, getCluster } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
-import { frame, int32, startupPacket } from '../support/wire.js';
+import { authenticatedSocket, frame, int32, sendAndReadUntilReady, startupPacket } from '../support/wire.js';
+import { bind, execute, parse, sync } from '../../src/protocol/frontend-writer.js';
 
 const cluster = getCluster();
 let via: TestProxy;
@@ -185,5 +186,33 @@ describe('startup packets: the proxy answers as the server does', () => {
     const r = await exchange(via.port, frame('X', Buffer.alloc(0)));
     expect(r).toEqual({ received: Buffer.alloc(0), closed: true });
     expect(await read()).toBe(before + 1);
+  });
+});
+
+describe('protocol edges', () => {
+  it('Parse and Bind with 40,000 parameters (the count is unsigned) run through the proxy', async () => {
+    const n = 40_000;
+    const placeholders = Array.from({ length: n }, (_, i) => `$${i + 1}`).join(',');
+    const sql = `SELECT (SELECT sum(x)::bigint FROM unnest(ARRAY[${placeholders}]::int[]) x) AS total, ${n} AS n`;
+    const values = Array.from({ length: n }, (_, i) => String(i + 1));
+    const socket = await authenticatedSocket(via.port, 'trustuser');
+    try {
+      const msgs = await sendAndReadUntilReady(
+        socket,
+        Buffer.concat([parse('', sql, new Array(n).fill(23)), bind('', '', values), execute(), sync()]),
+      );
+      const errors = msgs.filter((m) => m.type === 'E').map((m) => fields(m.body));
+      expect(errors).toEqual([]);
+      expect(msgs.map((m) => m.type)).toEqual(['1', '2', 'D', 'C', 'Z']);
+      const row = msgs.find((m) => m.type === 'D')!.body;
+      // DataRow: int16 columns, then int32 length + text per column
+      const first = row.readInt32BE(2);
+      expect(row.toString('utf8', 6, 6 + first)).toBe(String((n * (n + 1)) / 2));
+      // the session goes on
+      const again = await sendAndReadUntilReady(socket, frame('Q', Buffer.from('SELECT 1\0')));
+      expect(again.map((m) => m.type)).toEqual(['T', 'D', 'C', 'Z']);
+    } finally {
+      socket.destroy();
+    }
   });
 });
