@@ -67,12 +67,6 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       return;
     }
     pending++;
-    // A refusal of a replication connection is counted as such (the metric operators watch).
-    let observerOfRefusal = () => {};
-    const refuse = (socket: net.Socket, error: PgError) => {
-      observerOfRefusal();
-      refuseWith(socket, error);
-    };
     readStartup(socket, config.limits.startupTimeout)
       .then((outcome) => {
         if (outcome.kind === 'cancel') {
@@ -84,11 +78,19 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
         const params = outcome.packet.params;
         const id = randomBytes(4).toString('hex');
         const replicationRequested = wantsReplication(params);
-        if (replicationRequested) observerOfRefusal = () => observer.replication('refused');
-        if (closing) return refuse(socket, new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
+        const refusal = (error: PgError) => {
+          // A refused replication connection is logged and counted as such (the metric to watch
+          // for a client that retries for ever).
+          if (replicationRequested) {
+            observer.replication('refused');
+            log.warn({ session: id, user: params.get('user'), code: error.code, err: error.message }, 'replication connection refused by the proxy');
+          }
+          refuse(socket, error);
+        };
+        if (closing) return refusal(new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
         if (sessions.size + replication.size >= config.limits.maxClients) {
-          log.warn({ limit: config.limits.maxClients, replication: replicationRequested }, 'client refused: max clients reached');
-          return refuse(socket, new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
+          log.warn({ limit: config.limits.maxClients }, 'client refused: max clients reached');
+          return refusal(new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
         }
         if (replicationRequested) {
           // Relayed byte for byte: see ReplicationRelay.
@@ -186,6 +188,6 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   };
 }
 
-function refuseWith(socket: net.Socket, error: PgError): void {
+function refuse(socket: net.Socket, error: PgError): void {
   socket.end(errorResponse(error));
 }

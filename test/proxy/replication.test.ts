@@ -115,8 +115,8 @@ describe('logical replication', () => {
 
 describe('the replication parameter', () => {
   /** Connects with a raw startup packet; runs one Query; returns the message types and the first error. */
-  async function withReplication(value: string, sql: string) {
-    const s = net.connect(via.port, '127.0.0.1');
+  async function withReplication(value: string, sql: string, port = via.port) {
+    const s = net.connect(port, '127.0.0.1');
     s.on('error', () => undefined);
     const chunks: Buffer[] = [];
     s.on('data', (d) => chunks.push(d));
@@ -153,5 +153,22 @@ describe('the replication parameter', () => {
     const r = await withReplication('database', 'IDENTIFY_SYSTEM');
     expect(r.errors).toEqual(['42501']);
     expect(await replicationCount('refused')).toBe(before + 1);
+  });
+
+  it('a replication connection the proxy refuses (limits.maxClients) is counted too', async () => {
+    const small = await startTestProxy(cluster, { limits: { maxClients: 1 } });
+    const holder = await small.connect({ user: 'trustuser' });
+    try {
+      const count = async () => {
+        const m = await small.proxy.metrics.registry.getSingleMetric('pgbg_replication_connections_total')!.get();
+        return m.values.find((v) => v.labels.outcome === 'refused')?.value ?? 0;
+      };
+      const r = await withReplication('true', 'IDENTIFY_SYSTEM', small.port);
+      expect(r.errors).toEqual(['53300']);
+      expect(await count()).toBe(1);
+    } finally {
+      await holder.end();
+      await small.close();
+    }
   });
 });
