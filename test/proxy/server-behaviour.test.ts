@@ -129,6 +129,28 @@ describe('the server’s BackendKeyData', () => {
     }
   });
 
+  it('notifications carry the pid the client got as the sender', async () => {
+    const listener = await via.connect({ user: 'alice' });
+    const sender = await via.connect({ user: 'alice' });
+    try {
+      const got: { processId: number; payload?: string }[] = [];
+      listener.on('notification', (n) => got.push({ processId: n.processId, payload: n.payload }));
+      await listener.query('LISTEN pgbg_pid_test');
+      await listener.query("NOTIFY pgbg_pid_test, 'own'");
+      await sender.query("NOTIFY pgbg_pid_test, 'other'");
+      await eventually(async () => got.length === 2, 5000, 20);
+      const self = (listener as unknown as { processID: number }).processID;
+      const other = (sender as unknown as { processID: number }).processID;
+      expect(got).toEqual([
+        { processId: self, payload: 'own' },
+        { processId: other, payload: 'other' },
+      ]);
+    } finally {
+      await listener.end();
+      await sender.end();
+    }
+  });
+
   it('an idle session ended by the server: node-postgres sees what it sees without the proxy', async () => {
     async function endedBy(target: { connect: typeof cluster.connect }) {
       const client = await target.connect({ user: 'bob' });
