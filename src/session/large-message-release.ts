@@ -6,7 +6,7 @@ export const LARGE_MESSAGE_BYTES = 8 * 1024 * 1024;
 /** Released once no large message has come for this long... */
 const QUIET_MS = 1000;
 /** ...and at most this often (a full collection pauses every session for some milliseconds). */
-const MIN_INTERVAL_MS = 10_000;
+const MIN_INTERVAL_MS = 2_000;
 
 let collect: (() => void) | null | undefined;
 let timer: NodeJS.Timeout | null = null;

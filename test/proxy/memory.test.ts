@@ -28,7 +28,7 @@ function rssMiB(pid: number): number {
 }
 
 /** The lowest RSS seen over a settle period (a GC the process runs on its own may come late). */
-async function settledRss(pid: number, ms = 4000): Promise<number> {
+async function settledRss(pid: number, ms = 5000): Promise<number> {
   let low = rssMiB(pid);
   for (let waited = 0; waited < ms; waited += 250) {
     await new Promise((r) => setTimeout(r, 250));
