@@ -29,6 +29,8 @@ export async function listenUnixSocket(dir: string, port: number, onConnection: 
   if (Buffer.byteLength(file) > MAX_SOCKET_PATH) {
     throw new Error(`listenSocketDir: socket path ${file} is longer than ${MAX_SOCKET_PATH} bytes`);
   }
+  const dirStat = await fs.stat(dir).catch(() => null);
+  if (!dirStat?.isDirectory()) throw new Error(`listenSocketDir: ${dir} is not an existing directory`);
   await removeStale(file, log);
   const server = net.createServer({ noDelay: true }, onConnection);
   await new Promise<void>((resolve, reject) => {

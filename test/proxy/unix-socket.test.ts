@@ -92,6 +92,7 @@ describe('listenSocketDir', () => {
     writeFileSync(file, 'not a socket');
     await expect(startTestProxy(cluster, { listenSocketDir: dir, listen: `127.0.0.1:${port}` })).rejects.toThrow(/not a socket/);
     rmSync(file);
+    await expect(startTestProxy(cluster, { listenSocketDir: path.join(dir, 'missing'), listen: `127.0.0.1:${port}` })).rejects.toThrow(/is not an existing directory/);
     // with the way clear, the same port works
     const via = await startTestProxy(cluster, { listenSocketDir: dir, listen: `127.0.0.1:${port}` });
     await via.close();
