@@ -121,6 +121,9 @@ describe('roles and authentication', () => {
     );
     expect(r.rows.map((x) => [x.type, x.user_name.join(','), x.auth_method])).toEqual([
       ['local', 'all', 'trust'],
+      // replication lines (database "replication"), for clusters started with wal senders
+      ['local', 'all', 'trust'],
+      ['host', 'all', 'scram-sha-256'],
       ['host', 'trustuser', 'trust'],
       ['host', 'md5user', 'md5'],
       ['host', 'all', 'scram-sha-256'],

@@ -11,6 +11,7 @@ interface Command {
 const configOptions = {
   config: { type: 'string', short: 'c' },
   listen: { type: 'string' },
+  'listen-socket-dir': { type: 'string' },
   upstream: { type: 'string' },
   'metrics-listen': { type: 'string' },
   'log-level': { type: 'string' },
@@ -28,13 +29,14 @@ const configOptions = {
 export const commands: Record<string, Command> = {
   start: {
     summary: 'run the proxy',
-    usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--upstream HOST:PORT]
+    usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--listen-socket-dir DIR] [--upstream HOST:PORT]
                  [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N] [--migrate]
                  [--tls-client-mode MODE --tls-client-cert FILE --tls-client-key FILE]
                  [--tls-server-mode MODE --tls-server-ca FILE --tls-server-cert FILE --tls-server-key FILE]
 
   --config FILE            YAML configuration (see config/pgbg-proxy.yaml)
   --listen HOST:PORT       where clients connect (default 127.0.0.1:6432)
+  --listen-socket-dir DIR  also listen on the Unix socket DIR/.s.PGSQL.<port> (psql -h DIR -p PORT)
   --upstream HOST:PORT     the PostgreSQL server (default 127.0.0.1:5432)
   --metrics-listen H:P     serve /metrics, /healthz, /readyz over HTTP
   --log-level LEVEL        fatal, error, warn, info, debug, trace, silent
@@ -46,7 +48,7 @@ export const commands: Record<string, Command> = {
   --tls-server-mode MODE   TLS to the server: disable, prefer, require, verify-ca, verify-full
   --tls-server-ca FILE     CA certificates (PEM) that verify the server
   --tls-server-cert FILE   client certificate (PEM) the proxy shows the server; --tls-server-key FILE its key
-Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
+Environment: PGBG_LISTEN, PGBG_LISTEN_SOCKET_DIR, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
 PGBG_MAX_IN_FLIGHT, PGBG_TLS_CLIENT_MODE, PGBG_TLS_CLIENT_CERT, PGBG_TLS_CLIENT_KEY, PGBG_TLS_SERVER_MODE,
 PGBG_TLS_SERVER_CA, PGBG_TLS_SERVER_CERT, PGBG_TLS_SERVER_KEY.
 Flags win over environment variables, which win over the file.
@@ -78,6 +80,7 @@ Idempotent: running it again on a current registry changes nothing.`,
 function configFrom(values: Record<string, string | boolean | undefined>) {
   const flags: ConfigOverrides = {
     listen: values.listen as string | undefined,
+    listenSocketDir: values['listen-socket-dir'] as string | undefined,
     upstream: values.upstream as string | undefined,
     metricsListen: values['metrics-listen'] as string | undefined,
     logLevel: values['log-level'] as string | undefined,

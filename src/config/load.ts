@@ -7,6 +7,7 @@ export class ConfigError extends Error {}
 /** Command-line and environment overrides, applied on top of the file in that order. */
 export interface ConfigOverrides {
   listen?: string;
+  listenSocketDir?: string;
   upstream?: string;
   metricsListen?: string;
   logLevel?: string;
@@ -35,6 +36,7 @@ const TLS_KEYS = {
 
 const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   listen: 'PGBG_LISTEN',
+  listenSocketDir: 'PGBG_LISTEN_SOCKET_DIR',
   upstream: 'PGBG_UPSTREAM',
   metricsListen: 'PGBG_METRICS_LISTEN',
   logLevel: 'PGBG_LOG_LEVEL',
@@ -101,6 +103,7 @@ export function validateConfig(raw: unknown, source = 'configuration'): ProxyCon
 function applyOverrides(raw: Record<string, unknown>, o: ConfigOverrides): Record<string, unknown> {
   const out: Record<string, unknown> = { ...raw };
   if (o.listen !== undefined) out.listen = o.listen;
+  if (o.listenSocketDir !== undefined) out.listenSocketDir = o.listenSocketDir;
   if (o.metricsListen !== undefined) out.metricsListen = o.metricsListen;
   if (o.upstream !== undefined) {
     const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(o.upstream);

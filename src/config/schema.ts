@@ -169,6 +169,12 @@ export const tlsSchema = z
 export const configSchema = z
   .object({
     listen: hostPort.default({ host: '127.0.0.1', port: 6432 }),
+    /** Also listen on DIR/.s.PGSQL.<listen port>, the Unix-domain socket libpq looks for (`psql -h DIR`). */
+    listenSocketDir: z
+      .string()
+      .refine((d) => d.startsWith('/'), 'expected an absolute directory path')
+      .nullable()
+      .default(null),
     upstream: z
       .object({
         host: z.string().default('127.0.0.1'),

@@ -1,28 +1,29 @@
-import { randomInt } from 'node:crypto';
-
 export interface CancelTarget {
   /** Forwards the cancel to whatever the session is running now. */
   cancel(): void;
 }
 
 /**
- * Clients get (pid, key) pairs made up by the proxy, never the server's own: a cancel key is a
- * credential, and a session's upstream backend can change (adopted sessions, future pooling).
+ * Clients get the server's own BackendKeyData, unchanged: the pid is then what
+ * `pg_backend_pid()` says, what `pg_terminate_backend()` takes and what notifications carry.
+ * The proxy still has to know which upstream a CancelRequest belongs to, so it keeps the live
+ * sessions' (pid, secret key) pairs and forwards a CancelRequest only for a pair it handed out:
+ * a made-up pair is dropped here, as the server would drop it, without a connection to it.
  */
 export class CancelKeys {
   private readonly byPid = new Map<number, { key: number; target: CancelTarget }>();
 
-  issue(target: CancelTarget): { pid: number; key: number } {
-    let pid: number;
-    do pid = randomInt(1, 0x7fffffff);
-    while (this.byPid.has(pid));
-    const key = randomInt(-0x80000000, 0x7fffffff);
+  /**
+   * Registers the server's (pid, key) of a session. The server never gives a live backend's
+   * pid to another, so an entry already there belongs to a session whose backend is gone.
+   */
+  register(pid: number, key: number, target: CancelTarget): void {
     this.byPid.set(pid, { key, target });
-    return { pid, key };
   }
 
-  release(pid: number): void {
-    this.byPid.delete(pid);
+  /** Forgets a pid, only if it still belongs to `target` (a later session may reuse the pid). */
+  release(pid: number, target: CancelTarget): void {
+    if (this.byPid.get(pid)?.target === target) this.byPid.delete(pid);
   }
 
   /** Returns true if the key matched a live session (which was then asked to cancel). */

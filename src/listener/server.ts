@@ -2,7 +2,7 @@ import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ProxyConfig } from '../config/schema.js';
-import { errorResponse } from '../protocol/backend-messages.js';
+import { errorResponse, legacyErrorResponse } from '../protocol/backend-messages.js';
 import { PgError, ProtocolViolation } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { ClientSession, type SessionSettings } from '../session/client-session.js';
@@ -13,6 +13,9 @@ import { CancelKeys } from './cancel-keys.js';
 import { ClientTls } from '../tls/client-tls.js';
 import { negotiateStartup } from '../tls/client-negotiation.js';
 import { UpstreamTlsState, type UpstreamTls } from '../tls/upstream-tls.js';
+import { ReplicationRelay, wantsReplication } from '../session/replication-relay.js';
+import { listenUnixSocket } from './unix-socket.js';
+import { SILENT_STARTUP_FAILURES, UnsupportedProtocol } from '../protocol/startup.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
 export type AdminConsoleHandler = (socket: net.Socket, params: Map<string, string>, rest: Buffer, sessionId: string) => void;
@@ -31,6 +34,8 @@ export interface ProxyParts {
 
 export interface RunningListener {
   readonly address: { host: string; port: number };
+  /** The Unix-domain socket clients may connect to (listenSocketDir), or null. */
+  readonly socketPath: string | null;
   readonly sessions: ReadonlySet<ClientSession>;
   /** Applies what can change without a restart (limits, timeouts, rules via the router). */
   reload(config: ProxyConfig): void;
@@ -57,6 +62,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   let settings = sessionSettings(config, upstreamTls.current);
   const cancelKeys = new CancelKeys();
   const sessions = new Set<ClientSession>();
+  const replication = new Set<ReplicationRelay>();
   const observer = parts.observer ?? quietObserver;
   let pending = 0;
   let closing = false;
@@ -85,13 +91,28 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           return refuse(socket, clientTls.plainRefusal(socket.remoteAddress, params));
         }
         const id = randomBytes(4).toString('hex');
-        if (closing) return refuse(socket, new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
-        if (sessions.size >= config.limits.maxClients) {
+        const replicationRequested = wantsReplication(params);
+        const refusal = (error: PgError) => {
+          // A refused replication connection is logged and counted as such (the metric to watch
+          // for a client that retries for ever).
+          if (replicationRequested) {
+            observer.replication('refused');
+            log.warn({ session: id, user: params.get('user'), code: error.code, err: error.message }, 'replication connection refused by the proxy');
+          }
+          refuse(socket, error);
+        };
+        if (closing) return refusal(new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
+        if (sessions.size + replication.size >= config.limits.maxClients) {
           log.warn({ limit: config.limits.maxClients }, 'client refused: max clients reached');
-          return refuse(socket, new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
+          return refusal(new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
         }
-        if (params.get('replication')) {
-          return refuse(socket, new PgError(SqlState.FeatureNotSupported, 'pgbg-proxy does not relay replication connections', undefined, 'Connect to the server directly for replication.', 'FATAL'));
+        if (replicationRequested) {
+          // Relayed byte for byte: see ReplicationRelay.
+          const relay = new ReplicationRelay(socket, outcome.packet.raw, params, id, { settings: () => settings, cancelKeys, observer, log });
+          replication.add(relay);
+          relay.onClose(() => replication.delete(relay));
+          void relay.start(outcome.rest);
+          return;
         }
         if (parts.adminConsole && params.get('database') === config.admin.database) {
           parts.adminConsole(socket, params, outcome.rest, id);
@@ -113,8 +134,12 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       .catch((err) => {
         if (err instanceof ProtocolViolation) {
           observer.protocolError(err.reason);
-          if (err.reason !== 'startup_eof') {
+          if (SILENT_STARTUP_FAILURES.has(err.reason)) {
+            // As PostgreSQL does: logged (an empty connection excepted), the client told nothing.
+            if (err.reason !== 'startup_eof') log.warn({ remote: socket.remoteAddress, reason: err.reason, err: err.message }, 'startup failed: connection closed');
+          } else {
             log.warn({ remote: socket.remoteAddress, reason: err.reason, err: err.message }, 'startup refused');
+            if (err instanceof UnsupportedProtocol && err.legacyFormat) return void socket.end(legacyErrorResponse('FATAL', err.message));
             const code = err.reason === 'bad_protocol' ? SqlState.FeatureNotSupported : SqlState.ProtocolViolation;
             // Inside TLS the answer goes through the TLS socket (negotiateStartup attaches it).
             return refuse((err as { socket?: net.Socket }).socket ?? socket, new PgError(code, err.message, undefined, undefined, 'FATAL'));
@@ -138,9 +163,18 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   server.on('error', (err) => log.error({ err }, 'listener error'));
   const addr = server.address() as net.AddressInfo;
   log.info({ listen: `${addr.address}:${addr.port}`, upstream: `${config.upstream.host}:${config.upstream.port}` }, 'listening');
+  // Unix-socket clients take the same path as TCP ones: their connections are handed to the
+  // TCP server's own connection handler.
+  const unix = config.listenSocketDir
+    ? await listenUnixSocket(config.listenSocketDir, addr.port, (socket) => server.emit('connection', socket), log).catch((err) => {
+        server.close();
+        throw err;
+      })
+    : null;
 
   return {
     address: { host: addr.address, port: addr.port },
+    socketPath: unix?.path ?? null,
     sessions,
     reload(next) {
       config = next;
@@ -153,17 +187,20 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       // server.close() calls back only once every connection has ended: start it, but drain
       // (and after the grace, end) the sessions before waiting for it.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const unixClosed = unix?.close();
       const deadline = Date.now() + graceMs;
-      while (sessions.size > 0 && Date.now() < deadline) {
+      while (sessions.size + replication.size > 0 && Date.now() < deadline) {
         for (const s of sessions) s.closeIfIdle();
-        if (sessions.size === 0) break;
+        if (sessions.size + replication.size === 0) break;
         await new Promise((r) => setTimeout(r, 50));
       }
       for (const s of sessions) {
         s.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy shutdown grace period ended', undefined, undefined, 'FATAL'));
       }
+      for (const r of replication) r.close();
       while (pending > 0 && Date.now() < deadline + 1000) await new Promise((r) => setTimeout(r, 10));
       await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
+      await unixClosed;
     },
   };
 }

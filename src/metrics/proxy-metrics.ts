@@ -12,6 +12,7 @@ export class ProxyMetrics implements SessionObserver {
   private readonly statementsTotal: Counter<'action'>;
   private readonly protocolErrors: Counter<'reason'>;
   private readonly submitSeconds: Histogram;
+  private readonly replicationConnections: Counter<'outcome'>;
   // Hot-path counts are kept in plain numbers and handed to prom-client at scrape time.
   private readonly bytesPending = { client_to_server: 0, server_to_client: 0 };
   private readonly statementsPending = { forwarded: 0, backgrounded: 0, rejected: 0 };
@@ -80,7 +81,14 @@ export class ProxyMetrics implements SessionObserver {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [this.registry],
     });
+    this.replicationConnections = new Counter({
+      name: 'pgbg_replication_connections_total',
+      help: 'Replication connections relayed: started (accepted by the server), refused (by the server or the proxy), failed (server unreachable or a socket broke).',
+      labelNames: ['outcome'],
+      registers: [this.registry],
+    });
     for (const action of ['forwarded', 'backgrounded', 'rejected']) this.statementsTotal.inc({ action }, 0);
+    for (const outcome of ['started', 'refused', 'failed']) this.replicationConnections.inc({ outcome }, 0);
   }
 
   bytes(direction: 'client_to_server' | 'server_to_client', n: number): void {
@@ -94,6 +102,9 @@ export class ProxyMetrics implements SessionObserver {
   }
   jobSubmitted(seconds: number): void {
     this.submitSeconds.observe(seconds);
+  }
+  replication(event: 'started' | 'refused' | 'failed'): void {
+    this.replicationConnections.inc({ outcome: event });
   }
   upstreamConnected(delta: 1 | -1): void {
     this.upstreamConnections.inc(delta);

@@ -38,6 +38,11 @@ function fieldsMessage(type: 'E' | 'N', f: ErrorFields): Buffer {
   return frame(type, Buffer.concat(parts));
 }
 
+/** A protocol 2.0 ErrorResponse: 'E' and one string, as the server answers a pre-3.0 client. */
+export function legacyErrorResponse(severity: 'FATAL', message: string): Buffer {
+  return Buffer.concat([Buffer.from('E'), cstr(`${severity}:  ${message}\n`)]);
+}
+
 export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
   return frame('Z', Buffer.from(status));
 }
@@ -95,7 +100,7 @@ export const emptyQueryResponse = (): Buffer => frame('I', Buffer.alloc(0));
 
 export function parameterDescription(oids: number[]): Buffer {
   const b = Buffer.alloc(2 + 4 * oids.length);
-  b.writeInt16BE(oids.length, 0);
+  b.writeUInt16BE(oids.length, 0);
   oids.forEach((o, i) => b.writeUInt32BE(o, 2 + 4 * i));
   return frame('t', b);
 }

@@ -18,6 +18,13 @@ class BodyReader {
     this.pos += 2;
     return v;
   }
+  /** Counts (parameters, formats, columns) are unsigned 16-bit: up to 65,535. */
+  uint16(): number {
+    this.need(2);
+    const v = this.msg.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
   int32(): number {
     this.need(4);
     const v = this.msg.readInt32BE(this.pos);
@@ -64,8 +71,7 @@ export function readParse(msg: Buffer): ParseMessage {
   const r = new BodyReader(msg);
   const name = r.cstring();
   const sql = r.cstring();
-  const n = r.int16();
-  if (n < 0) throw new ProtocolViolation('negative parameter count', 'bad_count');
+  const n = r.uint16();
   const paramTypes: number[] = [];
   for (let i = 0; i < n; i++) paramTypes.push(r.uint32());
   r.end();
@@ -84,12 +90,10 @@ export function readBind(msg: Buffer): BindMessage {
   const r = new BodyReader(msg);
   const portal = r.cstring();
   const statement = r.cstring();
-  const nf = r.int16();
-  if (nf < 0) throw new ProtocolViolation('negative format count', 'bad_count');
+  const nf = r.uint16();
   const paramFormats: number[] = [];
   for (let i = 0; i < nf; i++) paramFormats.push(r.int16());
-  const np = r.int16();
-  if (np < 0) throw new ProtocolViolation('negative parameter count', 'bad_count');
+  const np = r.uint16();
   const params: (Buffer | null)[] = [];
   for (let i = 0; i < np; i++) {
     const len = r.int32();
@@ -97,8 +101,7 @@ export function readBind(msg: Buffer): BindMessage {
     else if (len < 0) throw new ProtocolViolation('invalid parameter length', 'bad_length');
     else params.push(Buffer.from(r.bytes(len)));
   }
-  const nr = r.int16();
-  if (nr < 0) throw new ProtocolViolation('negative result format count', 'bad_count');
+  const nr = r.uint16();
   const resultFormats: number[] = [];
   for (let i = 0; i < nr; i++) resultFormats.push(r.int16());
   r.end();

@@ -1,6 +1,6 @@
 /** Frontend messages the proxy writes on a client's upstream session for its own statements. */
 
-import { cstr, frame as message, int16, int32 } from './message-encoding.js';
+import { cstr, frame as message, int16, int32, uint16 } from './message-encoding.js';
 
 export function query(sql: string): Buffer {
   return message('Q', cstr(sql));
@@ -9,14 +9,14 @@ export function query(sql: string): Buffer {
 export function parse(name: string, sql: string, paramTypes: number[] = []): Buffer {
   const types = Buffer.allocUnsafe(4 * paramTypes.length);
   paramTypes.forEach((t, i) => types.writeUInt32BE(t, 4 * i));
-  return message('P', Buffer.concat([cstr(name), cstr(sql), int16(paramTypes.length), types]));
+  return message('P', Buffer.concat([cstr(name), cstr(sql), uint16(paramTypes.length), types]));
 }
 
 /** Bind with values passed as raw bytes in the given formats (0 text, 1 binary); results as text. */
 export function bind(portal: string, statement: string, values: (Buffer | string | null)[], formats: number[] = []): Buffer {
-  const parts: Buffer[] = [cstr(portal), cstr(statement), int16(formats.length)];
+  const parts: Buffer[] = [cstr(portal), cstr(statement), uint16(formats.length)];
   for (const f of formats) parts.push(int16(f));
-  parts.push(int16(values.length));
+  parts.push(uint16(values.length));
   for (const v of values) {
     if (v === null) {
       parts.push(int32(-1));

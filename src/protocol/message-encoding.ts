@@ -20,6 +20,13 @@ export function int16(n: number): Buffer {
   return b;
 }
 
+/** A count on the wire (parameters, formats, columns): unsigned, up to 65,535. */
+export function uint16(n: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeUInt16BE(n);
+  return b;
+}
+
 export function int32(n: number): Buffer {
   const b = Buffer.allocUnsafe(4);
   b.writeInt32BE(n);

@@ -13,43 +13,68 @@ export type StartupPacket =
   | { kind: 'cancel'; pid: number; key: number }
   | { kind: 'startup'; protocol: number; params: Map<string, string>; raw: Buffer };
 
+/**
+ * Startup failures on which PostgreSQL closes the connection without a word to the client (it
+ * only logs them): a length out of range (which is also what a Terminate, an HTTP request or a
+ * TLS ClientHello sent in place of a startup packet looks like), a packet that never completes.
+ */
+export const SILENT_STARTUP_FAILURES: ReadonlySet<string> = new Set(['startup_length', 'startup_eof', 'startup_timeout']);
+
 /** Returns the packet length if `buf` holds a whole startup packet, 0 if more bytes are needed. */
 export function startupPacketLength(buf: Buffer): number {
   if (buf.length < 4) return 0;
   const len = buf.readInt32BE(0);
-  if (len < 8 || len > MAX_STARTUP_PACKET) throw new ProtocolViolation(`invalid startup packet length ${len}`, 'bad_startup');
+  // The server's own bounds: 4 bytes of protocol code at least, MAX_STARTUP_PACKET_LENGTH of body.
+  if (len < 8 || len - 4 > MAX_STARTUP_PACKET) throw new ProtocolViolation(`invalid length of startup packet (${len})`, 'startup_length');
   return buf.length >= len ? len : 0;
 }
+
+/**
+ * A protocol version the server does not speak. PostgreSQL answers a client below 3.0 in the
+ * old protocol's error format (so that it can read why), any other in the 3.0 format.
+ */
+export class UnsupportedProtocol extends ProtocolViolation {
+  constructor(
+    readonly major: number,
+    readonly minor: number,
+  ) {
+    super(`unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`, 'bad_protocol');
+  }
+  get legacyFormat(): boolean {
+    return this.major < 3;
+  }
+}
+
+/** The server's FATAL for every malformed parameter list (postmaster.c, ProcessStartupPacket). */
+const BAD_LAYOUT = 'invalid startup packet layout: expected terminator as last byte';
 
 export function readStartupPacket(packet: Buffer): StartupPacket {
   const code = packet.readInt32BE(4);
   if (code === SSL_REQUEST_CODE && packet.length === 8) return { kind: 'ssl' };
   if (code === GSSENC_REQUEST_CODE && packet.length === 8) return { kind: 'gssenc' };
-  if (code === CANCEL_REQUEST_CODE && packet.length === 16) {
-    return { kind: 'cancel', pid: packet.readInt32BE(8), key: packet.readInt32BE(12) };
+  if (code === CANCEL_REQUEST_CODE) {
+    // The server reads a CancelRequest of any length (missing bytes as zeros) and never answers.
+    const body = Buffer.alloc(16);
+    packet.copy(body, 0, 0, Math.min(16, packet.length));
+    return { kind: 'cancel', pid: body.readInt32BE(8), key: body.readInt32BE(12) };
   }
-  if (code >> 16 !== 3) {
-    throw new ProtocolViolation(
-      `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: server supports 3.0 to 3.0`,
-      'bad_protocol',
-    );
-  }
+  if (code >> 16 !== 3) throw new UnsupportedProtocol(code >>> 16, code & 0xffff);
   const params = new Map<string, string>();
   let pos = 8;
   while (pos < packet.length) {
     const keyEnd = packet.indexOf(0, pos);
-    if (keyEnd < 0) throw new ProtocolViolation('unterminated startup parameter', 'bad_startup');
+    if (keyEnd < 0) throw new ProtocolViolation(BAD_LAYOUT, 'bad_startup');
     if (keyEnd === pos) {
-      if (keyEnd !== packet.length - 1) throw new ProtocolViolation('bytes after startup packet terminator', 'bad_startup');
+      if (keyEnd !== packet.length - 1) throw new ProtocolViolation(BAD_LAYOUT, 'bad_startup');
       return { kind: 'startup', protocol: code, params, raw: packet };
     }
     const key = packet.toString('utf8', pos, keyEnd);
     const valEnd = packet.indexOf(0, keyEnd + 1);
-    if (valEnd < 0) throw new ProtocolViolation('unterminated startup parameter value', 'bad_startup');
+    if (valEnd < 0) throw new ProtocolViolation(BAD_LAYOUT, 'bad_startup');
     params.set(key, packet.toString('utf8', keyEnd + 1, valEnd));
     pos = valEnd + 1;
   }
-  throw new ProtocolViolation('startup packet lacks its terminator', 'bad_startup');
+  throw new ProtocolViolation(BAD_LAYOUT, 'bad_startup');
 }
 
 /** A startup packet with the given parameters (used to open side sessions and rewrite startup). */

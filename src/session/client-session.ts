@@ -4,7 +4,6 @@ import { BackendStream, type BackendStreamSink } from '../protocol/backend-strea
 import { FrontendFramer } from '../protocol/frontend-framer.js';
 import { readBind, readExecute, readParse, readQuery, readTarget } from '../protocol/frontend-messages.js';
 import {
-  backendKeyData,
   bindComplete,
   closeComplete,
   errorResponse,
@@ -20,6 +19,7 @@ import type { CancelKeys } from '../listener/cancel-keys.js';
 import type { RoutingContext, StatementRouter } from '../rules/route.js';
 import type { BoundParams, JobSubmitter, SubmittedJob } from '../jobs/submitter.js';
 import { SessionJobs } from './session-jobs.js';
+import { noteLargeMessage } from './large-message-release.js';
 import type { JobPlan } from '../jobs/plan.js';
 import { ExchangeCollector } from './exchange-collector.js';
 import { OutboundBatch } from './outbound-batch.js';
@@ -93,9 +93,13 @@ export class ClientSession implements BackendStreamSink {
   /** SCRAM channel binding across the proxy's TLS termination (src/tls/channel-binding.ts). */
   private scram: ScramChannelBinding | null = null;
 
+  /** The client sent Terminate; the server session is ending. */
+  private terminating = false;
+  /** Type of the last message the server sent (relayed or captured). */
+  private lastServerMessage = 0;
   private realPid = 0;
   private realKey = 0;
-  private proxyKey: { pid: number; key: number } | null = null;
+  private readonly cancelTarget = { cancel: () => this.cancelUpstream() };
   /** Jobs this session must launch, retry or supervise; null when jobs are disabled. */
   readonly jobs: SessionJobs | null;
   private superviseTimer: NodeJS.Timeout | null = null;
@@ -142,7 +146,7 @@ export class ClientSession implements BackendStreamSink {
   }
   /** Idle: the server owes no answers and the proxy runs nothing of its own. */
   get idle(): boolean {
-    return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary;
+    return this.pendingReady === 0 && this.forwardedSinceSync === 0 && !this.localBusy && this.backend.atBoundary && !this.framer.midStream;
   }
   /** Jobs this session must still launch, retry or read the outcome of. */
   get hasPendingJobs(): boolean {
@@ -205,7 +209,7 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     this.deps.observer.bytes('client_to_server', chunk.length);
     try {
-      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg));
+      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg), this.pieceSink);
     } catch (err) {
       this.flushOutbound();
       if (err instanceof ProtocolViolation) return this.protocolViolation(err);
@@ -218,6 +222,7 @@ export class ClientSession implements BackendStreamSink {
 
   private onClientMessage(type: number, msg: Buffer): void {
     if (this.phase === 'closed') return;
+    noteLargeMessage(msg.length);
     if (this.phase === 'auth') {
       const refusal = this.scram?.fromClient(type, msg);
       if (refusal) return this.fatal(refusal);
@@ -233,6 +238,32 @@ export class ClientSession implements BackendStreamSink {
     }
     this.dispatch(type, msg);
   }
+
+  /**
+   * Large Bind, CopyData and FunctionCall messages are relayed in the pieces they arrive in
+   * (see PieceSink) whenever the session would forward them untouched anyway: ready, nothing of
+   * the proxy's own running or held, and, for Bind, no statement of the proxy's own it could
+   * be aimed at.
+   */
+  private readonly pieceSink = {
+    wants: (type: number, total: number): boolean => {
+      noteLargeMessage(total);
+      return (
+        this.phase === 'ready' &&
+        !this.localBusy &&
+        this.held.length === 0 &&
+        !this.skipUntilSync &&
+        (type === 0x64 /* CopyData */ || type === F || (type === B && this.local.empty))
+      );
+    },
+    piece: (type: number, bytes: Buffer, first: boolean): void => {
+      if (first) {
+        if (type === B) this.forwardedSinceSync++;
+        else if (type === F) this.pendingReady++;
+      }
+      this.outbound.add(bytes);
+    },
+  };
 
   private hold(type: number, msg: Buffer): void {
     // A slice of the socket chunk stays valid: Node does not reuse chunk memory.
@@ -253,8 +284,14 @@ export class ClientSession implements BackendStreamSink {
       case X:
         this.flushOutbound();
         // A session still supervising jobs outlives its client (adopted): keep the server session.
-        if (!this.hasPendingJobs) this.upstream?.end(msg);
-        this.client.end();
+        if (this.hasPendingJobs) {
+          this.client.end();
+          return;
+        }
+        // The server answers what came before the Terminate, then closes: the client gets those
+        // answers, and its connection ends when the server's does (onUpstreamClosed).
+        this.terminating = true;
+        this.upstream?.end(msg);
         return;
       case F:
         this.pendingReady++;
@@ -599,6 +636,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   noteMessage(type: number, status: number): void {
+    this.lastServerMessage = type;
     if (type === 0x5a) {
       if (this.pendingReady > 0) this.pendingReady--;
       this.txStatus = String.fromCharCode(status) as 'I' | 'T' | 'E';
@@ -606,7 +644,14 @@ export class ClientSession implements BackendStreamSink {
   }
 
   capture(type: number, message: Buffer): void {
+    this.lastServerMessage = type;
     if (this.phase === 'auth') return this.onAuthMessage(type, message);
+    // A FATAL ends the server session under the proxy's own statement: the client is told
+    // exactly what the server said, as it would be without the proxy.
+    if (type === ERROR_RESPONSE && isFatal(message)) {
+      this.relay(message);
+      return;
+    }
     // Notifications and parameter changes belong to the client even while we hold the session.
     if (type === 0x41 || type === 0x53) {
       this.relay(message);
@@ -616,13 +661,11 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onAuthMessage(type: number, message: Buffer): void {
-    if (type === 0x4b) {
-      // BackendKeyData: clients get a key made up by the proxy; the server's stays here.
+    if (type === 0x4b && message.length === 13) {
+      // BackendKeyData: the client gets the server's own key, unchanged (see CancelKeys).
       this.realPid = message.readInt32BE(5);
       this.realKey = message.readInt32BE(9);
-      this.proxyKey = this.deps.cancelKeys.issue({ cancel: () => this.cancelUpstream() });
-      this.relay(backendKeyData(this.proxyKey.pid, this.proxyKey.key));
-      return;
+      this.deps.cancelKeys.register(this.realPid, this.realKey, this.cancelTarget);
     }
     this.relay(this.scram ? this.scram.fromServer(message) : message);
     if (type === 0x5a) {
@@ -758,7 +801,10 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     if (this.collector) this.collector.reject(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly'));
     if (!this.clientGone) {
-      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0) {
+      // After the server's own FATAL the client sees that and nothing else; only a server
+      // that vanished mid-statement without a word gets the proxy's 08006.
+      const serverSaidWhy = this.lastServerMessage === ERROR_RESPONSE;
+      if (this.backend.atBoundary && this.phase === 'ready' && this.pendingReady > 0 && !serverSaidWhy && !this.terminating) {
         this.client.end(
           errorResponse(new PgError(SqlState.ConnectionFailure, 'server closed the connection unexpectedly', undefined, undefined, 'FATAL')),
         );
@@ -775,7 +821,7 @@ export class ClientSession implements BackendStreamSink {
     const wasConnected = this.upstream !== null;
     this.phase = 'closed';
     if (this.superviseTimer) clearTimeout(this.superviseTimer);
-    if (this.proxyKey) this.deps.cancelKeys.release(this.proxyKey.pid);
+    if (this.realPid) this.deps.cancelKeys.release(this.realPid, this.cancelTarget);
     if (this.upstream && !this.upstream.destroyed) {
       // A statement still running keeps its backend busy (the server reads Terminate only
       // after it): cancel it, so the backend goes away now rather than when it finishes.
@@ -788,6 +834,24 @@ export class ClientSession implements BackendStreamSink {
     this.deps.log.info({ session: this.id, duration_ms: Date.now() - this.startedAt }, 'session ended');
     for (const l of this.closeListeners) l();
   }
+}
+
+const ERROR_RESPONSE = 0x45;
+
+/** Whether an ErrorResponse carries severity FATAL or PANIC (the server ends the session). */
+function isFatal(message: Buffer): boolean {
+  let pos = 5;
+  while (pos < message.length && message[pos] !== 0) {
+    const code = message[pos];
+    const end = message.indexOf(0, pos + 1);
+    if (end < 0) return false;
+    if (code === 0x56 /* V, never localized */ || code === 0x53 /* S */) {
+      const severity = message.toString('latin1', pos + 1, end);
+      if (code === 0x56 || severity === 'FATAL' || severity === 'PANIC') return severity === 'FATAL' || severity === 'PANIC';
+    }
+    pos = end + 1;
+  }
+  return false;
 }
 
 /**

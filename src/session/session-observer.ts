@@ -6,6 +6,11 @@ export interface SessionObserver {
   upstreamConnected(delta: 1 | -1): void;
   /** Time to job id for one backgrounded statement. */
   jobSubmitted(seconds: number): void;
+  /**
+   * A replication connection: started (the server accepted it), refused (by the server or the
+   * proxy, before it started), failed (server unreachable, or a socket broke mid-stream).
+   */
+  replication(event: 'started' | 'refused' | 'failed'): void;
 }
 
 export const quietObserver: SessionObserver = {
@@ -14,4 +19,5 @@ export const quietObserver: SessionObserver = {
   protocolError() {},
   upstreamConnected() {},
   jobSubmitted() {},
+  replication() {},
 };

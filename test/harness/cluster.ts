@@ -359,6 +359,10 @@ async function initCluster(info: ClusterInfo, hostHba?: string[]): Promise<void>
     [
       '# pgbg-proxy test cluster (test/harness/cluster.ts)',
       'local all all trust',
+      // Replication connections (refused anyway while max_wal_senders = 0, the default here;
+      // test/proxy/replication.test.ts starts a cluster of its own that allows them).
+      'local replication all trust',
+      'host replication all 127.0.0.1/32 scram-sha-256',
       ...(hostHba ?? ['host all trustuser 127.0.0.1/32 trust', 'host all md5user 127.0.0.1/32 md5', 'host all all 127.0.0.1/32 scram-sha-256']),
       '',
     ].join('\n'),

@@ -1,6 +1,7 @@
 /**
- * Cancel through the proxy: clients get the proxy's own BackendKeyData, a CancelRequest with
- * it cancels the statement running upstream, and any other key cancels nothing.
+ * Cancel through the proxy: clients get the server's own BackendKeyData, a CancelRequest with
+ * it cancels the statement running upstream (the proxy forwards only pairs it handed out), and
+ * any other key cancels nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
@@ -85,26 +86,22 @@ describe('psql', () => {
 });
 
 describe('node-postgres', () => {
-  it('gets the proxy’s own key, not the server’s pid', async () => {
+  it('gets the server’s own BackendKeyData: the pid is pg_backend_pid()', async () => {
     const client = await via.connect({ user: 'alice' });
-    const direct = await cluster.connect({ user: 'alice' });
     try {
       const { processID, secretKey } = client as unknown as Keyed;
       const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
-      expect(typeof processID).toBe('number');
       expect(typeof secretKey).toBe('number');
-      expect(processID).not.toBe(pid);
-      // the server's pid for a direct client is what pg_backend_pid() says; through the proxy it is not
-      expect((direct as unknown as Keyed).processID).toBe((await direct.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
-      const all = await cluster.query('SELECT array_agg(pid) AS pids FROM pg_stat_activity');
-      expect(all.rows[0].pids).not.toContain(processID);
+      expect(processID).toBe(pid);
+      const row = await cluster.query('SELECT usename, application_name FROM pg_stat_activity WHERE pid = $1', [processID]);
+      expect(row.rows).toEqual([{ usename: 'alice', application_name: '' }]);
       // two sessions never share a key
       const other = await via.connect({ user: 'alice' });
       expect((other as unknown as Keyed).processID).not.toBe(processID);
+      expect((other as unknown as Keyed).processID).toBe((await other.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
       await other.end();
     } finally {
       await client.end();
-      await direct.end();
     }
   });
 
@@ -131,7 +128,7 @@ describe('node-postgres', () => {
     await client.end();
   });
 
-  it('cancels with a raw CancelRequest carrying the proxy’s key; the proxy answers nothing', async () => {
+  it('cancels with a raw CancelRequest carrying the key the client got; the proxy answers nothing', async () => {
     const client = await via.connect({ user: 'alice' });
     const { processID, secretKey } = client as unknown as Keyed;
     await client.query('BEGIN');
@@ -154,10 +151,11 @@ describe('node-postgres', () => {
     await client.end();
   });
 
-  it('cancels nothing for a wrong key, the server’s own pid, or an unknown pid', async () => {
+  it('cancels nothing for a wrong key or an unknown pid, and forwards no unknown pair', async () => {
     const client = await via.connect({ user: 'alice' });
+    const other = await via.connect({ user: 'bob' });
     const { processID, secretKey } = client as unknown as Keyed;
-    const realPid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+    const otherKey = other as unknown as Keyed;
     const marker = 'cancel_wrong_marker';
     const started = Date.now();
     const q = client.query(`SELECT pg_sleep(1.5) AS ${marker}`);
@@ -165,16 +163,33 @@ describe('node-postgres', () => {
     const answers = await Promise.all([
       cancelRequest(via.port, processID, secretKey ^ 1),
       cancelRequest(via.port, processID, ~secretKey),
-      cancelRequest(via.port, realPid, secretKey),
+      // another live session's key does not cancel this one
+      cancelRequest(via.port, processID, otherKey.secretKey),
+      cancelRequest(via.port, otherKey.processID, secretKey),
       cancelRequest(via.port, processID + 1, secretKey),
       cancelRequest(via.port, 0, 0),
     ]);
     for (const a of answers) expect(a.length).toBe(0);
-    // the proxy's key means nothing to the server either
-    await cancelRequest(cluster.port, processID, secretKey);
     const r = await q;
     expect(r.rows).toHaveLength(1);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
+    await client.end();
+    await other.end();
+  });
+
+  it('a CancelRequest sent straight to the server with the key the proxy handed out works too', async () => {
+    // The key is the server's own: a client that cancels through another route reaches it.
+    const client = await via.connect({ user: 'alice' });
+    const { processID, secretKey } = client as unknown as Keyed;
+    const marker = 'cancel_direct_marker';
+    const outcome = client.query(`SELECT pg_sleep(30) AS ${marker}`).then(
+      () => null,
+      (e) => e,
+    );
+    await activeBackend(marker);
+    expect((await cancelRequest(cluster.port, processID, secretKey)).length).toBe(0);
+    expect((await outcome)?.code).toBe('57014');
+    expect((await client.query('SELECT 3 AS n')).rows).toEqual([{ n: 3 }]);
     await client.end();
   });
 

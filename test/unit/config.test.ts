@@ -183,6 +183,15 @@ describe('loading: file, environment, flags', () => {
     expect(c.jobs.supervisePoll).toBe(100);
   });
 
+  it('reads listenSocketDir from the file, PGBG_LISTEN_SOCKET_DIR and --listen-socket-dir; absolute paths only', () => {
+    expect(validateConfig({}).listenSocketDir).toBeNull();
+    expect(validateConfig({ listenSocketDir: '/run/pgbg' }).listenSocketDir).toBe('/run/pgbg');
+    expect(() => validateConfig({ listenSocketDir: 'run/pgbg' })).toThrow(/listenSocketDir: expected an absolute directory path/);
+    const env = overridesFromEnv({ PGBG_LISTEN_SOCKET_DIR: '/tmp/env-sock' });
+    expect(loadConfig(undefined, env).listenSocketDir).toBe('/tmp/env-sock');
+    expect(loadConfig(undefined, env, { listenSocketDir: '/tmp/flag-sock' }).listenSocketDir).toBe('/tmp/flag-sock');
+  });
+
   it('lets flags win over the environment, and the environment over the file', () => {
     const env = overridesFromEnv({ PGBG_LISTEN: '127.0.0.1:7001', PGBG_LOG_LEVEL: 'debug', PGBG_UPSTREAM: 'env-host:6000' });
     const flags = { listen: '127.0.0.1:7002' };

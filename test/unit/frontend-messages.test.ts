@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import { readBind, readParse } from '../../src/protocol/frontend-messages.js';
+import { bind, parse } from '../../src/protocol/frontend-writer.js';
+import { parameterDescription } from '../../src/protocol/backend-messages.js';
+import { FrontendFramer, STREAM_MIN_BYTES } from '../../src/protocol/frontend-framer.js';
+
+describe('parameter counts are unsigned 16-bit (up to 65,535)', () => {
+  it('reads and writes a Parse with 40,000 parameter types', () => {
+    const types = Array.from({ length: 40_000 }, (_, i) => (i % 2 ? 23 : 25));
+    const msg = parse('s1', 'SELECT 1', types);
+    expect(msg.readUInt16BE(5 + 3 + 9)).toBe(40_000);
+    const read = readParse(msg);
+    expect(read.paramTypes).toHaveLength(40_000);
+    expect(read.paramTypes[39_999]).toBe(23);
+  });
+
+  it('reads and writes a Bind with 65,535 values and formats', () => {
+    const values = Array.from({ length: 65_535 }, (_, i) => (i === 7 ? null : String(i)));
+    const formats = new Array(65_535).fill(0);
+    const read = readBind(bind('', 's1', values, formats));
+    expect(read.params).toHaveLength(65_535);
+    expect(read.paramFormats).toHaveLength(65_535);
+    expect(read.params[7]).toBeNull();
+    expect(read.params[65_534]!.toString()).toBe('65534');
+  });
+
+  it('writes a ParameterDescription with 40,000 types', () => {
+    const msg = parameterDescription(new Array(40_000).fill(23));
+    expect(msg.readUInt16BE(5)).toBe(40_000);
+  });
+});
+
+describe('large messages in pieces', () => {
+  function message(type: string, bodyLength: number): Buffer {
+    const out = Buffer.alloc(5 + bodyLength, 0x61);
+    out[0] = type.charCodeAt(0);
+    out.writeInt32BE(4 + bodyLength, 1);
+    return out;
+  }
+
+  it('hands a large message the sink wants on in the pieces it arrived in, then frames the next message', () => {
+    const framer = new FrontendFramer(64 * 1024 * 1024);
+    const big = message('B', STREAM_MIN_BYTES * 2);
+    const small = message('S', 0);
+    const stream = Buffer.concat([message('S', 0), big, small]);
+    const whole: string[] = [];
+    const pieces: { type: string; length: number; first: boolean; last: boolean }[] = [];
+    const sink = {
+      wants: (type: number, total: number) => {
+        expect(total).toBe(big.length);
+        return type === 0x42;
+      },
+      piece: (type: number, bytes: Buffer, first: boolean, last: boolean) => pieces.push({ type: String.fromCharCode(type), length: bytes.length, first, last }),
+    };
+    for (let i = 0; i < stream.length; i += 65536) framer.push(stream.subarray(i, i + 65536), (t) => whole.push(String.fromCharCode(t)), sink);
+    expect(whole).toEqual(['S', 'S']);
+    expect(pieces.reduce((n, p) => n + p.length, 0)).toBe(big.length);
+    expect(pieces[0].first).toBe(true);
+    expect(pieces.filter((p) => p.last)).toHaveLength(1);
+    expect(pieces[pieces.length - 1].last).toBe(true);
+    expect(framer.midStream).toBe(false);
+    expect(framer.bufferedBytes).toBe(0);
+  });
+
+  it('assembles a large message the sink does not want, and every message below the threshold', () => {
+    const framer = new FrontendFramer(64 * 1024 * 1024);
+    const big = message('Q', STREAM_MIN_BYTES * 2);
+    const out: Buffer[] = [];
+    const sink = { wants: () => false, piece: () => expect.fail('no piece expected') };
+    for (let i = 0; i < big.length; i += 65536) framer.push(big.subarray(i, i + 65536), (_t, m) => out.push(Buffer.from(m)), sink);
+    expect(out).toHaveLength(1);
+    expect(out[0].equals(big)).toBe(true);
+  });
+});
