@@ -22,6 +22,11 @@ const LOCK_KEY_2 = 1;
 const LOCK_SQL = `SELECT pg_catalog.pg_advisory_lock(${LOCK_KEY_1}, ${LOCK_KEY_2})`;
 const UNLOCK_SQL = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_KEY_1}, ${LOCK_KEY_2})`;
 
+async function appliedVersions(client: Queryable): Promise<Set<number>> {
+  const r = await client.query(`SELECT version FROM ${REGISTRY_SCHEMA}.schema_version`);
+  return new Set(r.rows.map((row) => Number(row.version)));
+}
+
 async function currentVersion(client: Queryable): Promise<number> {
   const r = await client.query(`SELECT COALESCE(max(version), 0)::int AS v FROM ${REGISTRY_SCHEMA}.schema_version`);
   return Number(r.rows[0].v);
@@ -111,9 +116,13 @@ async function migrateLocked(c: Queryable, db: string): Promise<{ from: number; 
     );
   }
 
+  // Every listed version the registry lacks, in order, not only those above the highest applied:
+  // versions are numbered by branch, so a build may list one that was merged after a later
+  // one was applied (a gap in the list is fine too).
+  const applied = await appliedVersions(c);
   let to = from;
   for (const m of MIGRATIONS) {
-    if (m.version <= to) continue;
+    if (applied.has(m.version)) continue;
     to = await inTransaction(c, async () => {
       try {
         await c.query(m.sql);
@@ -127,7 +136,7 @@ async function migrateLocked(c: Queryable, db: string): Promise<{ from: number; 
         m.version,
         m.description,
       ]);
-      return m.version;
+      return Math.max(to, m.version);
     });
   }
   return { from, to };

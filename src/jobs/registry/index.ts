@@ -29,6 +29,9 @@ function migration(version: number, file: string, description: string): Registry
 export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(1, '001-registry.sql', 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS'),
   migration(2, '002-progress.sql', 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)'),
+  // Version 3 (003-privilege.sql) comes from another branch; migrate() applies any listed
+  // version a registry lacks, so the gap and a later merge of 3 both work.
+  migration(4, '004-fair-queue.sql', 'fair queue: round-robin between roles, per-role queue bound, options validated at submission, permanent launch failures end the job'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
