@@ -1,8 +1,9 @@
 -- Job registry, schema version 4: fair sharing between roles and jobs that cannot block the queue.
 --
---  * Within one priority, queued jobs are taken round-robin by role: a job's place is its rank
---    within its owner's queued jobs of that priority, then its age (pgbg._ahead). One role's
---    thousand queued jobs do not make another role's single job wait behind all of them.
+--  * Within one priority, queued jobs are taken round-robin by role: a job's place is its turn
+--    within its owner's share (the owner's running jobs plus its queued jobs ahead of it), then
+--    which role was served longest ago, then its age (pgbg._ahead). One role's thousand queued jobs do not make another role's single
+--    job wait behind all of them.
 --  * A per-role queue bound (limits.queue_per_user, from jobs.maxQueuedPerUser): a submission
 --    that would queue beyond it fails with 53400 and records nothing.
 --  * A per-role in-flight default (limits.user = 'share'): one role may hold at most all but one
@@ -144,36 +145,63 @@ $fn$;
 -- The queue: round-robin between roles within one priority
 -- ---------------------------------------------------------------------------------------
 
--- A queued job's rank among its owner's queued jobs of the same priority (1 = that role's next).
+-- A queued job's turn within its owner's share: 1 + the owner's running jobs + the owner's queued
+-- jobs of the same priority ahead of it. Counting the running ones is what makes the order a
+-- round-robin: a role that has a job running waits behind a role that has none, even if its own
+-- next job was queued earlier (the rank among queued jobs alone would always favour the role
+-- with the oldest queue).
 CREATE FUNCTION pgbg._owner_rank(p_id bigint, p_owner name, p_priority integer, p_queued_at timestamptz) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgbg
 AS $fn$
-  SELECT 1 + count(*) FROM pgbg.job q
-   WHERE q.state = 'queued' AND q.owner = p_owner AND q.priority = p_priority
-     AND (q.queued_at, q.id) < (p_queued_at, p_id)
+  SELECT 1
+       + (SELECT count(*) FROM pgbg.job r WHERE r.state = 'running' AND r.owner = p_owner)
+       + (SELECT count(*) FROM pgbg.job q
+           WHERE q.state = 'queued' AND q.owner = p_owner AND q.priority = p_priority
+             AND (q.queued_at, q.id) < (p_queued_at, p_id))
 $fn$;
 
--- Queued jobs ahead of this one: higher priority; or the same priority and a lower rank within
--- their owner's queue (round-robin by role); or the same rank and queued earlier.
+-- When a role last had a job launched ('-infinity' if never): among jobs of the same turn, the
+-- role served longest ago goes first. Without it, a role whose running job just ended would
+-- again be first with its next (older) queued job, and a limit of one slot would serve it alone.
+-- Reads the owner's newest jobs backwards through job_owner_idx, up to its first launched one.
+CREATE FUNCTION pgbg._last_served(p_owner name) RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+  SELECT COALESCE((SELECT j.launched_at FROM pgbg.job j
+                    WHERE j.owner = p_owner AND j.launched_at IS NOT NULL
+                    ORDER BY j.id DESC LIMIT 1), '-infinity')
+$fn$;
+
+-- Queued jobs ahead of this one: higher priority; or the same priority and an earlier turn within
+-- their owner's share (pgbg._owner_rank: round-robin by role); or the same turn and an owner
+-- served longer ago (pgbg._last_served); or that too and queued earlier.
 CREATE OR REPLACE FUNCTION pgbg._ahead(me pgbg.job) RETURNS SETOF pgbg.job
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgbg
 AS $fn$
-  WITH ranked AS (
-    SELECT q.id,
-           row_number() OVER (PARTITION BY q.owner, q.priority ORDER BY q.queued_at, q.id) AS rk
+  WITH running AS (
+    SELECT r.owner, count(*) AS n FROM pgbg.job r WHERE r.state = 'running' GROUP BY r.owner
+  ), owners AS (
+    SELECT o.owner, pgbg._last_served(o.owner) AS served
+      FROM (SELECT DISTINCT q.owner FROM pgbg.job q WHERE q.state = 'queued' AND q.priority = me.priority) o
+  ), ranked AS (
+    SELECT q.id, o.served,
+           COALESCE(run.n, 0) + row_number() OVER (PARTITION BY q.owner ORDER BY q.queued_at, q.id) AS rk
       FROM pgbg.job q
+      JOIN owners o ON o.owner = q.owner
+      LEFT JOIN running run ON run.owner = q.owner
      WHERE q.state = 'queued' AND q.priority = me.priority
   ), mine AS (
-    SELECT pgbg._owner_rank(me.id, me.owner, me.priority, me.queued_at) AS rk
+    SELECT pgbg._owner_rank(me.id, me.owner, me.priority, me.queued_at) AS rk, pgbg._last_served(me.owner) AS served
   )
   SELECT q.* FROM pgbg.job q
    WHERE q.state = 'queued' AND q.id <> me.id AND q.priority > me.priority
   UNION ALL
   SELECT q.* FROM pgbg.job q JOIN ranked r ON r.id = q.id, mine m
    WHERE q.id <> me.id
-     AND (r.rk, q.queued_at, q.id) < (m.rk, me.queued_at, me.id)
+     AND (r.rk, r.served, q.queued_at, q.id) < (m.rk, m.served, me.queued_at, me.id)
 $fn$;
 
 CREATE OR REPLACE FUNCTION pgbg.admit(job_id bigint, limits jsonb) RETURNS boolean
@@ -255,6 +283,9 @@ BEGIN
   IF NOT pgbg.admit(launch_if_admitted.job_id, launch_if_admitted.limits) THEN
     RETURN;
   END IF;
+  -- The worker copies this session's settings: a session that defaults to read-only
+  -- transactions would give it one in which neither the job nor its outcome can be written.
+  PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
   BEGIN
     SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
   EXCEPTION WHEN OTHERS THEN
@@ -328,6 +359,8 @@ BEGIN
     RETURN;
   END;
   IF pgbg.admit(job_id, v_limits) THEN
+    -- See launch_if_admitted: the worker must not inherit a read-only default.
+    PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
     BEGIN
       SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
       RETURN;
@@ -436,6 +469,7 @@ REVOKE ALL ON FUNCTION
   pgbg._server_limit(jsonb),
   pgbg._user_limit(jsonb),
   pgbg._owner_rank(bigint, name, integer, timestamptz),
+  pgbg._last_served(name),
   pgbg._launch_error_is_transient(text)
 FROM PUBLIC;
 

@@ -29,7 +29,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const { paramTypes, error } = await describeStatement(channel, statement, declaredTypes);
     if (error) throw error;
     if (plan.relations.length > 0) {
-      const missing = await runOrThrow(channel, 'SELECT r FROM unnest($1::text[]) r WHERE to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
+      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
       if (missing.rows.length > 0) {
         throw new PgError('42P01', `relation ${missing.rows[0][0]} does not exist`);
       }
@@ -57,12 +57,22 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       await this.describe(channel, plan, []);
     }
     const retry = this.policy.retry();
+    const timeouts = this.policy.timeouts();
+    if (plan.options.timeoutMs !== undefined && plan.options.timeoutMs > timeouts.maxMs) {
+      // A rule above the ceiling is refused when the configuration loads; this is a hint's.
+      throw new PgError(
+        SqlState.InvalidParameterValue,
+        `timeout ${plan.options.timeoutMs} ms exceeds the longest job timeout this pgbg-proxy allows (jobs.maxTimeout = ${timeouts.maxMs} ms)`,
+        undefined,
+        'Use a shorter timeout, or ask the administrator to raise jobs.maxTimeout.',
+      );
+    }
     const maxAttempts = plan.transactional ? (plan.options.maxAttempts ?? retry.maxAttempts) : 1;
     const window = plan.options.window;
     const options = {
       returns_rows: plan.returnsRows,
       rows_via: plan.rowsVia,
-      timeout_ms: plan.options.timeoutMs,
+      timeout_ms: plan.options.timeoutMs ?? timeouts.defaultMs,
       not_before: plan.options.notBefore,
       max_attempts: maxAttempts,
       retry_base_ms: retry.baseDelayMs,
@@ -71,7 +81,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     };
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::jsonb)',
+      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1, $2, $3, $4, $5::pg_catalog.jsonb, $6, $7, $8, $9::pg_catalog.jsonb)',
       [
         statement,
         plan.kind,
@@ -114,8 +124,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     // Paused: look without launching (an empty limits object would admit everything).
     const paused = this.isPaused();
     const sql = paused
-      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id = $1`
-      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1, $2::jsonb) l, pgbg.job j WHERE j.id = $1`;
+      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) $1`
+      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1, $2::pg_catalog.jsonb) l, pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) $1`;
     const params = paused ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
     const r = await runStatement(channel, sql, params);
     const err = serverError(r);
@@ -148,10 +158,14 @@ export class PgBackgroundSubmitter implements JobSubmitter {
 }
 
 /**
+ * Every name in the proxy's own SQL is qualified: it runs in the client's session, whose
+ * search_path may put a schema that shadows pg_catalog's functions or operators first.
+ *
  * How long until a queued job may start (its window opens, or its retry backoff ends), computed
  * by the server so that clock skew between proxy and server does not matter.
  */
-const DUE_IN_MS = `GREATEST(0, ceil(extract(epoch FROM j.not_before - clock_timestamp()) * 1000))::bigint AS due_in_ms`;
+const DUE_IN_MS =
+  'GREATEST(0, pg_catalog.ceil(pg_catalog.date_part(\'epoch\', j.not_before OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000))::bigint AS due_in_ms';
 
 function supervisedWorker(jobId: bigint, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SupervisedWorker | null {
   if (transactional || !workerPid) return null;

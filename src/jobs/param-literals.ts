@@ -12,7 +12,10 @@ import { runOrThrow } from './upstream-sql.js';
 export async function literalsFor(channel: SessionChannel, params: BoundParams): Promise<string[]> {
   const n = params.values.length;
   if (n === 0) return [];
-  const columns = params.types.map((oid, i) => `quote_nullable($${i + 1}::text) || '::' || format_type(${Number(oid)}, NULL)`);
+  // Qualified: this runs in the client's session, whatever its search_path.
+  const columns = params.types.map(
+    (oid, i) => `pg_catalog.quote_nullable($${i + 1}::pg_catalog.text) OPERATOR(pg_catalog.||) '::' OPERATOR(pg_catalog.||) pg_catalog.format_type(${Number(oid)}, NULL)`,
+  );
   const result = await runOrThrow(channel, `SELECT ${columns.join(', ')}`, params.values, { types: params.types, formats: params.formats });
   const row = result.rows[0];
   if (!row || row.length !== n) throw new Error('parameter literals: unexpected answer from the server');

@@ -48,6 +48,7 @@ export interface SessionDeps {
 
 type Phase = 'connecting' | 'auth' | 'ready' | 'closed';
 
+const PARAMETER_STATUS = 0x53;
 const Q = 0x51, P = 0x50, B = 0x42, D = 0x44, E = 0x45, S = 0x53, H = 0x48, C = 0x43, X = 0x58, F = 0x46;
 /** Client bytes held while the proxy runs its own exchange; beyond this the client is paused. */
 const HELD_BYTES_LIMIT = 1 << 20;
@@ -98,6 +99,11 @@ export class ClientSession implements BackendStreamSink {
   private superviseTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
+  /** The client left while the proxy's own statement ran: adopt or close once it is done. */
+  private decideAfterLocal = false;
+  /** The session's settings that change how the proxy must read its SQL, from ParameterStatus. */
+  private standardConformingStrings = true;
+  private textEncoding: BufferEncoding = 'utf8';
   private readonly pausedBy = new Set<'held' | 'upstream' | 'client'>();
   private closeListeners: (() => void)[] = [];
   readonly channel: SessionChannel;
@@ -121,6 +127,9 @@ export class ClientSession implements BackendStreamSink {
       },
       get backendPid() {
         return self.realPid;
+      },
+      get textEncoding() {
+        return self.textEncoding;
       },
     };
   }
@@ -276,11 +285,16 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private routingContext(): RoutingContext {
-    return { user: this.user, database: this.database, applicationName: this.applicationName };
+    return {
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+      standardConformingStrings: this.standardConformingStrings,
+    };
   }
 
   private onQuery(msg: Buffer): void {
-    const sql = readQuery(msg);
+    const sql = readQuery(msg, this.textEncoding);
     const route = this.deps.router().route(sql, this.routingContext());
     this.forwardedSinceSync = 0;
     this.batchHasLocal = false;
@@ -327,7 +341,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onParse(msg: Buffer): void {
-    const parse = readParse(msg);
+    const parse = readParse(msg, this.textEncoding);
     const route = this.deps.router().route(parse.sql, this.routingContext());
     if (route.action === 'forward') {
       this.deps.observer.statement('forwarded');
@@ -493,6 +507,11 @@ export class ClientSession implements BackendStreamSink {
       })
       .finally(() => {
         this.localBusy = false;
+        if (this.decideAfterLocal) {
+          this.decideAfterLocal = false;
+          this.adoptOrClose();
+          return;
+        }
         this.flushOutbound();
         this.pump();
       });
@@ -582,8 +601,9 @@ export class ClientSession implements BackendStreamSink {
     if (this.superviseDue && this.txStatus === 'I' && this.idle && this.held.length === 0) this.superviseOnce();
   }
 
-  capturing(): boolean {
-    return this.phase === 'auth' || (this.collector !== null && this.pendingReady === 0);
+  capturing(type: number): boolean {
+    // ParameterStatus is read as well as relayed: the proxy lexes SQL the way it says.
+    return this.phase === 'auth' || type === PARAMETER_STATUS || (this.collector !== null && this.pendingReady === 0);
   }
 
   relay(bytes: Buffer): void {
@@ -599,6 +619,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   capture(type: number, message: Buffer): void {
+    if (type === PARAMETER_STATUS) this.noteParameter(message);
     if (this.phase === 'auth') return this.onAuthMessage(type, message);
     // Notifications and parameter changes belong to the client even while we hold the session.
     if (type === 0x41 || type === 0x53) {
@@ -606,6 +627,21 @@ export class ClientSession implements BackendStreamSink {
       return;
     }
     this.collector?.take(message);
+  }
+
+  /**
+   * The server reports standard_conforming_strings and client_encoding whenever they change
+   * (and at startup): a SET, a RESET, a function's SET clause ending, a rolled-back SET.
+   */
+  private noteParameter(message: Buffer): void {
+    const nameEnd = message.indexOf(0, 5);
+    if (nameEnd < 0) return;
+    const valueEnd = message.indexOf(0, nameEnd + 1);
+    if (valueEnd < 0) return;
+    const name = message.toString('latin1', 5, nameEnd);
+    const value = message.toString('latin1', nameEnd + 1, valueEnd);
+    if (name === 'standard_conforming_strings') this.standardConformingStrings = value !== 'off';
+    else if (name === 'client_encoding') this.textEncoding = /^(UTF8|UNICODE)$/i.test(value) ? 'utf8' : 'latin1';
   }
 
   private onAuthMessage(type: number, message: Buffer): void {
@@ -721,6 +757,19 @@ export class ClientSession implements BackendStreamSink {
     this.local.portals.clear();
     this.held = [];
     this.heldBytes = 0;
+    if (this.localBusy && this.phase === 'ready') {
+      // The proxy's own statement is in flight, maybe a submission whose job row is committing
+      // right now: closing the server session under it would leave a committed job with no
+      // session to launch or supervise it (it would end 'lost'). Let it finish, then decide.
+      this.unpause('client');
+      this.decideAfterLocal = true;
+      return;
+    }
+    this.adoptOrClose();
+  }
+
+  /** The client has left: keep the server session while it has jobs to look after, else end it. */
+  private adoptOrClose(): void {
     if (this.hasPendingJobs && this.phase === 'ready') {
       // Adopted: the upstream session outlives its client until its supervised jobs end.
       this.deps.log.info({ session: this.id, jobs: this.jobs?.ids ?? [] }, 'client left; keeping session for its jobs');
