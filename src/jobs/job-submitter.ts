@@ -29,7 +29,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const { paramTypes, error } = await describeStatement(channel, statement, declaredTypes);
     if (error) throw error;
     if (plan.relations.length > 0) {
-      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
+      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)], { readOnly: true });
       if (missing.rows.length > 0) {
         throw new PgError('42P01', `relation ${missing.rows[0][0]} does not exist`);
       }

@@ -33,9 +33,9 @@ export async function runStatement(
   channel: SessionChannel,
   sql: string,
   values: (Buffer | string | null)[] = [],
-  options: { types?: number[]; formats?: number[] } = {},
+  options: { types?: number[]; formats?: number[]; /** A read: no explicit transaction (works on a standby too). */ readOnly?: boolean } = {},
 ): Promise<Exchange> {
-  const own = channel.txStatus === 'I';
+  const own = channel.txStatus === 'I' && !options.readOnly;
   if (own) {
     const begun = await channel.exchange([fe.query('BEGIN READ WRITE; SET LOCAL statement_timeout = 0')]);
     if (begun.error) {
@@ -68,7 +68,7 @@ export async function runOrThrow(
   channel: SessionChannel,
   sql: string,
   values: (Buffer | string | null)[] = [],
-  options: { types?: number[]; formats?: number[] } = {},
+  options: { types?: number[]; formats?: number[]; readOnly?: boolean } = {},
 ): Promise<Exchange> {
   const result = await runStatement(channel, sql, values, options);
   const err = serverError(result);
