@@ -158,7 +158,8 @@ AS $fn$
        + (SELECT count(*) FROM pgbg.job r WHERE r.state = 'running' AND r.owner = p_owner)
        + (SELECT count(*) FROM pgbg.job q
            WHERE q.state = 'queued' AND q.owner = p_owner AND q.priority = p_priority
-             AND (q.queued_at, q.id) < (p_queued_at, p_id))
+             AND (q.queued_at, q.id) < (p_queued_at, p_id)
+             AND q.id > 0)
 $fn$;
 
 -- When a role last had a job launched ('-infinity' if never): among jobs of the same turn, the
@@ -181,20 +182,23 @@ CREATE OR REPLACE FUNCTION pgbg._ahead(me pgbg.job) RETURNS SETOF pgbg.job
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgbg
 AS $fn$
-  WITH running AS (
+  WITH running AS MATERIALIZED (
     SELECT r.owner, count(*) AS n FROM pgbg.job r WHERE r.state = 'running' GROUP BY r.owner
-  ), owners AS (
+  ), owners AS MATERIALIZED (
     SELECT o.owner, pgbg._last_served(o.owner) AS served
       FROM (SELECT DISTINCT q.owner FROM pgbg.job q WHERE q.state = 'queued' AND q.priority = me.priority) o
-  ), ranked AS (
+  ), ranked AS MATERIALIZED (
     SELECT q.id, o.served,
            COALESCE(run.n, 0) + row_number() OVER (PARTITION BY q.owner ORDER BY q.queued_at, q.id) AS rk
       FROM pgbg.job q
       JOIN owners o ON o.owner = q.owner
       LEFT JOIN running run ON run.owner = q.owner
      WHERE q.state = 'queued' AND q.priority = me.priority
-  ), mine AS (
-    SELECT pgbg._owner_rank(me.id, me.owner, me.priority, me.queued_at) AS rk, pgbg._last_served(me.owner) AS served
+  ), mine AS MATERIALIZED (
+    -- from ranked when me is queued (the usual case: no second count over the owner's history)
+    SELECT COALESCE((SELECT r.rk FROM ranked r WHERE r.id = me.id),
+                    pgbg._owner_rank(me.id, me.owner, me.priority, me.queued_at)) AS rk,
+           COALESCE((SELECT r.served FROM ranked r WHERE r.id = me.id), pgbg._last_served(me.owner)) AS served
   )
   SELECT q.* FROM pgbg.job q
    WHERE q.state = 'queued' AND q.id <> me.id AND q.priority > me.priority
