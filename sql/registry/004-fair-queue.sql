@@ -288,8 +288,12 @@ BEGIN
     RETURN;
   END IF;
   -- The worker copies this session's settings: a session that defaults to read-only
-  -- transactions would give it one in which neither the job nor its outcome can be written.
+  -- transactions would give it one in which neither the job nor its outcome can be written, and
+  -- one that defaults to REPEATABLE READ or SERIALIZABLE would give it a snapshot taken before
+  -- pgbg.run_job's wait for the job row's commit (the row unseen, or its outcome refused with
+  -- 40001, and the job lost). A job runs READ COMMITTED, like the statements of a procedure.
   PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
+  PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   BEGIN
     SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(launch_if_admitted.job_id) l;
   EXCEPTION WHEN OTHERS THEN
@@ -363,8 +367,9 @@ BEGIN
     RETURN;
   END;
   IF pgbg.admit(job_id, v_limits) THEN
-    -- See launch_if_admitted: the worker must not inherit a read-only default.
+    -- See launch_if_admitted: the worker must not inherit a read-only or snapshot-isolation default.
     PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
+    PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
     BEGIN
       SELECT l.state, l.worker_pid, l.cookie, l.api INTO state, worker_pid, cookie, api FROM pgbg.launch_job(job_id) l;
       RETURN;

@@ -23,10 +23,13 @@ export function serverError(exchange: Exchange): PgError | null {
  * Runs one statement with parameters on the client's upstream session.
  *
  * Outside a transaction block (the session is idle when the proxy submits or launches), in an
- * explicit READ WRITE transaction with statement_timeout cleared, opened by a round trip of its
- * own: the client's session may say default_transaction_read_only = on (the job row must still
- * commit) or carry a statement_timeout shorter than a launch (the timer armed by an earlier
- * Execute of the same Sync would keep running, hence the separate round trip). Inside a client's
+ * explicit READ COMMITTED, READ WRITE transaction with statement_timeout cleared, opened by a
+ * round trip of its own: the client's session may say default_transaction_read_only = on (the
+ * job row must still commit), default_transaction_isolation = serializable (the registry's
+ * admission is written for read committed), or carry a statement_timeout shorter than a launch
+ * (the timer armed by an earlier Execute of the same Sync would keep running, hence the separate
+ * round trip). Settings the worker should copy from the session (lock_timeout,
+ * default_transaction_isolation, ...) are left alone. Inside a client's
  * transaction block (Parse-time checks) the statement runs in that block, as it must.
  */
 export async function runStatement(
@@ -37,7 +40,7 @@ export async function runStatement(
 ): Promise<Exchange> {
   const own = channel.txStatus === 'I' && !options.readOnly;
   if (own) {
-    const begun = await channel.exchange([fe.query('BEGIN READ WRITE; SET LOCAL statement_timeout = 0')]);
+    const begun = await channel.exchange([fe.query('BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL statement_timeout = 0')]);
     if (begun.error) {
       if (begun.status !== 'I') await channel.exchange([fe.query('ROLLBACK')]);
       return begun;

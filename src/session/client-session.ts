@@ -99,8 +99,10 @@ export class ClientSession implements BackendStreamSink {
   private superviseTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
-  /** The client left while the proxy's own statement ran: adopt or close once it is done. */
+  /** The client left while a submission ran: adopt or close once the local operation is done. */
   private decideAfterLocal = false;
+  /** A job submission is talking to the server (see onClientClosed). */
+  private submitting = false;
   /** The session's settings that change how the proxy must read its SQL, from ParameterStatus. */
   private standardConformingStrings = true;
   private textEncoding: BufferEncoding = 'utf8';
@@ -486,7 +488,13 @@ export class ClientSession implements BackendStreamSink {
   private async submit(plan: JobPlan, params: BoundParams | null): Promise<SubmittedJob> {
     if (!this.deps.jobs) throw jobsDisabled();
     const started = performance.now();
-    const job = await this.deps.jobs.submit(this.channel, plan, params, this.submitContext());
+    this.submitting = true;
+    let job: SubmittedJob;
+    try {
+      job = await this.deps.jobs.submit(this.channel, plan, params, this.submitContext());
+    } finally {
+      this.submitting = false;
+    }
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
     this.jobs?.track(job, plan.rule, plan.options.onDisconnect ?? 'keep');
@@ -757,10 +765,12 @@ export class ClientSession implements BackendStreamSink {
     this.local.portals.clear();
     this.held = [];
     this.heldBytes = 0;
-    if (this.localBusy && this.phase === 'ready') {
-      // The proxy's own statement is in flight, maybe a submission whose job row is committing
-      // right now: closing the server session under it would leave a committed job with no
-      // session to launch or supervise it (it would end 'lost'). Let it finish, then decide.
+    if (this.submitting && this.phase === 'ready') {
+      // A submission is in flight, its job row maybe committing right now: closing the server
+      // session under it would leave a committed job with no session to launch or supervise it
+      // (it would end 'lost'). Let it finish (it only waits for the server's answers to the
+      // proxy's own statements), then adopt or close. Other local work (e.g. still waiting for
+      // the server to finish the client's previous statement) ends with the session as before.
       this.unpause('client');
       this.decideAfterLocal = true;
       return;

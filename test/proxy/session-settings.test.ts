@@ -209,6 +209,22 @@ describe('client session settings do not change what a job does (item 9)', () =>
     expect((await c.query('SHOW transaction_read_only')).rows[0].transaction_read_only).toBe('on');
   });
 
+  it('default_transaction_isolation = serializable: submissions from many sessions at once all commit', async () => {
+    const sessions = await Promise.all(Array.from({ length: 6 }, () => session(["SET default_transaction_isolation = 'serializable'"])));
+    const ids = (
+      await Promise.all(sessions.map((c, i) => Promise.all([0, 1, 2].map((k) => submit(c, `/*+ background */ INSERT INTO notes VALUES ('serializable', '${i}-${k}')`)))))
+    ).flat();
+    for (const id of ids) expect((await waitJob(observer, id)).state).toBe('succeeded');
+    expect((await note('serializable')).length).toBe(18);
+    // A job runs READ COMMITTED whatever the session's default (its worker must see its own
+    // row commit after it started); the session keeps its own.
+    const c = sessions[0];
+    const id = await submit(c, "/*+ background */ INSERT INTO notes VALUES ('serializable_level', pg_catalog.current_setting('transaction_isolation'))");
+    expect((await waitJob(observer, id)).state).toBe('succeeded');
+    expect(await note('serializable_level')).toEqual(['read committed']);
+    expect((await c.query('SHOW transaction_isolation')).rows[0].transaction_isolation).toBe('serializable');
+  });
+
   it("statement_timeout on the session bounds neither the submission nor the job", async () => {
     const c = await session(["SET statement_timeout = '40ms'"]);
     const ids: string[] = [];
