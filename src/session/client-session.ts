@@ -793,6 +793,12 @@ export class ClientSession implements BackendStreamSink {
   private afterClientLeft(): void {
     this.whenIdle().then(() => {
       if (this.phase !== 'ready') return;
+      if (this.localBusy) {
+        // The proxy's own operation holds the session (its transaction status is not the
+        // client's): decide once it is done.
+        this.decideAfterLocal = true;
+        return;
+      }
       if (this.txStatus !== 'I') {
         this.runLocal(async () => {
           await this.exchange([queryMessage('ROLLBACK')]);
