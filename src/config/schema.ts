@@ -61,6 +61,12 @@ const timeZone = z.string().superRefine((tz, ctx) => {
   }
 });
 
+/** statement_timeout is an int4 of milliseconds: no job timeout can be longer (about 24.8 days). */
+export const MAX_STATEMENT_TIMEOUT_MS = 2147483647;
+
+/** A job timeout: 1 ms .. MAX_STATEMENT_TIMEOUT_MS. */
+const jobTimeout = duration.pipe(z.number().int().min(1).max(MAX_STATEMENT_TIMEOUT_MS));
+
 /** Jobs in flight at once: a number, "auto" (derived from max_worker_processes) or "unlimited". */
 const inFlightLimit = z.union([z.number().int().min(1), z.literal('auto'), z.literal('unlimited')]);
 
@@ -89,7 +95,7 @@ export const ruleSchema = z
       .strict()
       .default({}),
     action: z.enum(['background', 'foreground', 'reject']).default('background'),
-    timeout: duration.optional(),
+    timeout: jobTimeout.optional(),
     priority: z.number().int().min(-1000).max(1000).optional(),
     /** Jobs of this rule in flight at once (counted in the job's database's registry). */
     maxInFlight: z.number().int().min(1).optional(),
@@ -232,10 +238,20 @@ export const configSchema = z
         maxInFlight: inFlightLimit.default('auto'),
         /** Per-database limits; the key "*" applies to databases not listed. */
         maxInFlightPerDatabase: z.record(z.string(), z.number().int().min(1)).default({}),
-        /** Per-user limits; the key "*" applies to users not listed. */
+        /**
+         * Per-user limits; the key "*" applies to users not listed. Without "*", a user not
+         * listed may hold all but one of the maxInFlight slots (at least 1), so that one role
+         * never holds every slot.
+         */
         maxInFlightPerUser: z.record(z.string(), z.number().int().min(1)).default({}),
         /** Queued jobs per registry at most; a submission beyond it fails with 53400. */
         maxQueued: z.number().int().min(0).default(1000),
+        /** Queued jobs of one role per registry at most; a submission beyond it fails with 53400. */
+        maxQueuedPerUser: z.number().int().min(0).default(100),
+        /** Timeout of a job whose hint and rule set none. */
+        defaultTimeout: jobTimeout.default(3_600_000),
+        /** Longest timeout a hint or rule may set; above it a hint is refused with 22023 and a rule is a config error. */
+        maxTimeout: jobTimeout.default(86_400_000),
         retry: retrySchema.default({ maxAttempts: 3, baseDelay: 500, maxDelay: 30000 }),
       })
       .strict()
@@ -250,11 +266,25 @@ export const configSchema = z
         maxInFlightPerDatabase: {},
         maxInFlightPerUser: {},
         maxQueued: 1000,
+        maxQueuedPerUser: 100,
+        defaultTimeout: 3_600_000,
+        maxTimeout: 86_400_000,
         retry: { maxAttempts: 3, baseDelay: 500, maxDelay: 30000 },
       }),
     rules: z.array(ruleSchema).default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    const { defaultTimeout, maxTimeout } = config.jobs;
+    if (defaultTimeout > maxTimeout) {
+      ctx.addIssue({ code: 'custom', path: ['jobs', 'defaultTimeout'], message: `jobs.defaultTimeout (${defaultTimeout} ms) exceeds jobs.maxTimeout (${maxTimeout} ms)` });
+    }
+    config.rules.forEach((rule, i) => {
+      if (rule.timeout !== undefined && rule.timeout > maxTimeout) {
+        ctx.addIssue({ code: 'custom', path: ['rules', i, 'timeout'], message: `rule "${rule.name}": timeout ${rule.timeout} ms exceeds jobs.maxTimeout (${maxTimeout} ms)` });
+      }
+    });
+  });
 
 export type ProxyConfig = z.output<typeof configSchema>;
 export type ProxyConfigInput = z.input<typeof configSchema>;

@@ -33,7 +33,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     const { paramTypes, error } = await describeStatement(channel, statement, declaredTypes);
     if (error) throw error;
     if (plan.relations.length > 0) {
-      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)]);
+      const missing = await runOrThrow(channel, 'SELECT r FROM pg_catalog.unnest($1::pg_catalog.text[]) r WHERE pg_catalog.to_regclass(r) IS NULL', [pgTextArray(plan.relations)], { readOnly: true });
       if (missing.rows.length > 0) {
         throw new PgError('42P01', `relation ${missing.rows[0][0]} does not exist`);
       }
@@ -61,12 +61,22 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       await this.describe(channel, plan, []);
     }
     const retry = this.policy.retry();
+    const timeouts = this.policy.timeouts();
+    if (plan.options.timeoutMs !== undefined && plan.options.timeoutMs > timeouts.maxMs) {
+      // A rule above the ceiling is refused when the configuration loads; this is a hint's.
+      throw new PgError(
+        SqlState.InvalidParameterValue,
+        `timeout ${plan.options.timeoutMs} ms exceeds the longest job timeout this pgbg-proxy allows (jobs.maxTimeout = ${timeouts.maxMs} ms)`,
+        undefined,
+        'Use a shorter timeout, or ask the administrator to raise jobs.maxTimeout.',
+      );
+    }
     const maxAttempts = plan.transactional ? (plan.options.maxAttempts ?? retry.maxAttempts) : 1;
     const window = plan.options.window;
     const options = {
       returns_rows: plan.returnsRows,
       rows_via: plan.rowsVia,
-      timeout_ms: plan.options.timeoutMs,
+      timeout_ms: plan.options.timeoutMs ?? timeouts.defaultMs,
       not_before: plan.options.notBefore,
       max_attempts: maxAttempts,
       retry_base_ms: retry.baseDelayMs,
@@ -152,6 +162,9 @@ export class PgBackgroundSubmitter implements JobSubmitter {
 }
 
 /**
+ * Every name in the proxy's own SQL is qualified: it runs in the client's session, whose
+ * search_path may put a schema that shadows pg_catalog's functions or operators first.
+ *
  * How long until a queued job may start (its window opens, or its retry backoff ends), computed
  * by the server so that clock skew between proxy and server does not matter.
  */

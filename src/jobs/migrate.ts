@@ -122,6 +122,8 @@ async function migrateLocked(c: Queryable, db: string, target: number): Promise<
     );
   }
 
+  // Versions apply in order, each only above the highest applied one: a later version may
+  // redefine what an earlier one defined, so applying an older one afterwards would undo it.
   let to = from;
   for (const m of MIGRATIONS) {
     if (m.version <= to) continue;
@@ -139,7 +141,7 @@ async function migrateLocked(c: Queryable, db: string, target: number): Promise<
         m.version,
         m.description,
       ]);
-      return m.version;
+      return Math.max(to, m.version);
     });
   }
   return { from, to };

@@ -12,8 +12,9 @@ import { runOrThrow } from './upstream-sql.js';
 export async function literalsFor(channel: SessionChannel, params: BoundParams): Promise<string[]> {
   const n = params.values.length;
   if (n === 0) return [];
+  // Qualified: this runs in the client's session, whatever its search_path.
   const columns = params.types.map((oid, i) => `pg_catalog.quote_nullable($${i + 1}::pg_catalog.text) OPERATOR(pg_catalog.||) '::' OPERATOR(pg_catalog.||) pg_catalog.format_type(${Number(oid)}::pg_catalog.oid, NULL)`);
-  const result = await runOrThrow(channel, `SELECT ${columns.join(', ')}`, params.values, { types: params.types, formats: params.formats });
+  const result = await runOrThrow(channel, `SELECT ${columns.join(', ')}`, params.values, { types: params.types, formats: params.formats, readOnly: true });
   const row = result.rows[0];
   if (!row || row.length !== n) throw new Error('parameter literals: unexpected answer from the server');
   return row.map((v) => v ?? 'NULL');

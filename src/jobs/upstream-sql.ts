@@ -20,25 +20,50 @@ export function serverError(exchange: Exchange): PgError | null {
 }
 
 /**
- * Runs one statement with parameters on the client's upstream session, as an implicit
- * transaction of its own (the session is idle when the proxy does this).
+ * Runs one statement with parameters on the client's upstream session.
+ *
+ * Outside a transaction block (the session is idle when the proxy submits or launches), in an
+ * explicit READ COMMITTED, READ WRITE transaction with statement_timeout cleared, opened by a
+ * round trip of its own: the client's session may say default_transaction_read_only = on (the
+ * job row must still commit), default_transaction_isolation = serializable (the registry's
+ * admission is written for read committed), or carry a statement_timeout shorter than a launch
+ * (the timer armed by an earlier Execute of the same Sync would keep running, hence the separate
+ * round trip). Settings the worker should copy from the session (lock_timeout,
+ * default_transaction_isolation, ...) are left alone. Inside a client's
+ * transaction block (Parse-time checks) the statement runs in that block, as it must.
  */
 export async function runStatement(
   channel: SessionChannel,
   sql: string,
   values: (Buffer | string | null)[] = [],
-  options: { types?: number[]; formats?: number[] } = {},
+  options: { types?: number[]; formats?: number[]; /** A read: no explicit transaction (works on a standby too). */ readOnly?: boolean } = {},
 ): Promise<Exchange> {
+  const own = channel.txStatus === 'I' && !options.readOnly;
+  if (own) {
+    const begun = await channel.exchange([fe.query('BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL statement_timeout = 0')]);
+    if (begun.error) {
+      if (begun.status !== 'I') await channel.exchange([fe.query('ROLLBACK')]);
+      return begun;
+    }
+  }
   // The leading Close clears a statement left behind when an earlier exchange failed before its
   // own Close (after an error the server skips everything up to Sync).
-  return channel.exchange([
+  const messages = [
     fe.close('S', STATEMENT),
-    fe.parse(STATEMENT, sql, options.types ?? []),
-    fe.bind('', STATEMENT, values, options.formats ?? []),
+    fe.parse(STATEMENT, sql, options.types ?? [], channel.textEncoding),
+    fe.bind('', STATEMENT, values, options.formats ?? [], channel.textEncoding),
     fe.execute(),
     fe.close('S', STATEMENT),
-    fe.sync(),
-  ]);
+  ];
+  if (own) messages.push(fe.parse('', 'COMMIT'), fe.bind('', '', []), fe.execute());
+  messages.push(fe.sync());
+  const result = await channel.exchange(messages);
+  if (own && result.status !== 'I') {
+    // The statement failed, so the server skipped the COMMIT: end the block it is left in.
+    await channel.exchange([fe.query('ROLLBACK')]);
+    result.status = channel.txStatus;
+  }
+  return result;
 }
 
 /** Like runStatement, but throws the server's error. */
@@ -46,7 +71,7 @@ export async function runOrThrow(
   channel: SessionChannel,
   sql: string,
   values: (Buffer | string | null)[] = [],
-  options: { types?: number[]; formats?: number[] } = {},
+  options: { types?: number[]; formats?: number[]; readOnly?: boolean } = {},
 ): Promise<Exchange> {
   const result = await runStatement(channel, sql, values, options);
   const err = serverError(result);
@@ -56,7 +81,7 @@ export async function runOrThrow(
 
 /** Parses and describes a statement without running it: checks syntax, names and parameter types. */
 export async function describeStatement(channel: SessionChannel, sql: string, types: number[]): Promise<{ paramTypes: number[]; error: PgError | null }> {
-  const result = await channel.exchange([fe.close('S', STATEMENT), fe.parse(STATEMENT, sql, types), fe.describe('S', STATEMENT), fe.close('S', STATEMENT), fe.sync()]);
+  const result = await channel.exchange([fe.close('S', STATEMENT), fe.parse(STATEMENT, sql, types, channel.textEncoding), fe.describe('S', STATEMENT), fe.close('S', STATEMENT), fe.sync()]);
   const pd = result.messages.find((m) => m.name === 'parameterDescription') as unknown as { dataTypeIDs: number[] } | undefined;
   return { paramTypes: pd?.dataTypeIDs ?? [], error: serverError(result) };
 }

@@ -14,7 +14,8 @@ export interface BackendStreamSink {
   relay(bytes: Buffer): void;
   noteMessage(type: number, status: number): void;
   capture(type: number, message: Buffer): void;
-  capturing(): boolean;
+  /** Whether to assemble the message of this type and hand it to capture() rather than relay it. */
+  capturing(type: number): boolean;
 }
 
 const READY_FOR_QUERY = 0x5a;
@@ -63,7 +64,7 @@ export class BackendStream {
       const total = 1 + this.header.readInt32BE(1);
       const headerLen = this.headerFilled;
       this.headerFilled = 0;
-      if (this.sink.capturing()) {
+      if (this.sink.capturing(type)) {
         flushRelay(headerStart);
         relayFrom = pos;
         this.assembling = Buffer.allocUnsafe(total);

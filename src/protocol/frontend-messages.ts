@@ -3,12 +3,15 @@ import { ProtocolViolation } from './errors.js';
 /** Reads the bodies of the frontend messages the proxy must look into. Any inconsistency is a protocol violation. */
 class BodyReader {
   private pos = 5;
-  constructor(private readonly msg: Buffer) {}
+  constructor(
+    private readonly msg: Buffer,
+    private readonly encoding: BufferEncoding = 'utf8',
+  ) {}
 
   cstring(): string {
     const end = this.msg.indexOf(0, this.pos);
     if (end < 0) throw new ProtocolViolation('unterminated string in message', 'bad_string');
-    const s = this.msg.toString('utf8', this.pos, end);
+    const s = this.msg.toString(this.encoding, this.pos, end);
     this.pos = end + 1;
     return s;
   }
@@ -55,8 +58,9 @@ class BodyReader {
   }
 }
 
-export function readQuery(msg: Buffer): string {
-  const r = new BodyReader(msg);
+/** encoding: how to read the client's bytes as characters (see ClientSession's textEncoding). */
+export function readQuery(msg: Buffer, encoding: BufferEncoding = 'utf8'): string {
+  const r = new BodyReader(msg, encoding);
   const sql = r.cstring();
   r.end();
   return sql;
@@ -67,8 +71,8 @@ export interface ParseMessage {
   sql: string;
   paramTypes: number[];
 }
-export function readParse(msg: Buffer): ParseMessage {
-  const r = new BodyReader(msg);
+export function readParse(msg: Buffer, encoding: BufferEncoding = 'utf8'): ParseMessage {
+  const r = new BodyReader(msg, encoding);
   const name = r.cstring();
   const sql = r.cstring();
   const n = r.uint16();

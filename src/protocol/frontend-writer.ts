@@ -6,14 +6,15 @@ export function query(sql: string): Buffer {
   return message('Q', cstr(sql));
 }
 
-export function parse(name: string, sql: string, paramTypes: number[] = []): Buffer {
+/** encoding: how the session's client_encoding wants the SQL text's characters as bytes. */
+export function parse(name: string, sql: string, paramTypes: number[] = [], encoding: BufferEncoding = 'utf8'): Buffer {
   const types = Buffer.allocUnsafe(4 * paramTypes.length);
   paramTypes.forEach((t, i) => types.writeUInt32BE(t, 4 * i));
-  return message('P', Buffer.concat([cstr(name), cstr(sql), uint16(paramTypes.length), types]));
+  return message('P', Buffer.concat([cstr(name), cstr(sql, encoding), uint16(paramTypes.length), types]));
 }
 
 /** Bind with values passed as raw bytes in the given formats (0 text, 1 binary); results as text. */
-export function bind(portal: string, statement: string, values: (Buffer | string | null)[], formats: number[] = []): Buffer {
+export function bind(portal: string, statement: string, values: (Buffer | string | null)[], formats: number[] = [], encoding: BufferEncoding = 'utf8'): Buffer {
   const parts: Buffer[] = [cstr(portal), cstr(statement), uint16(formats.length)];
   for (const f of formats) parts.push(int16(f));
   parts.push(uint16(values.length));
@@ -22,7 +23,7 @@ export function bind(portal: string, statement: string, values: (Buffer | string
       parts.push(int32(-1));
       continue;
     }
-    const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+    const b = typeof v === 'string' ? Buffer.from(v, encoding) : v;
     parts.push(int32(b.length), b);
   }
   parts.push(int16(0));

@@ -10,8 +10,8 @@ export function frame(type: string, body: Buffer): Buffer {
 }
 
 /** A NUL-terminated UTF-8 string. */
-export function cstr(s: string): Buffer {
-  return Buffer.from(s + '\0', 'utf8');
+export function cstr(s: string, encoding: BufferEncoding = 'utf8'): Buffer {
+  return Buffer.from(s + '\0', encoding);
 }
 
 export function int16(n: number): Buffer {

@@ -1,6 +1,7 @@
 import { PgError } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseDuration } from '../config/duration.js';
+import { MAX_STATEMENT_TIMEOUT_MS } from '../config/schema.js';
 import type { JobOptions } from '../jobs/plan.js';
 
 export type Hint = { mode: 'background'; options: JobOptions } | { mode: 'foreground' };
@@ -50,6 +51,8 @@ function parseOptions(text: string): JobOptions {
       case 'timeout': {
         const ms = parseDuration(raw);
         if (ms === null || ms <= 0) throw badHint(`invalid timeout "${raw}": use a duration such as 30s, 10min, 2h`);
+        // Checked here, not at launch: statement_timeout is an int4 of milliseconds.
+        if (ms > MAX_STATEMENT_TIMEOUT_MS) throw badHint(`timeout "${raw}" is out of range: a job timeout is at most ${MAX_STATEMENT_TIMEOUT_MS} ms (about 24.8 days)`);
         options.timeoutMs = ms;
         break;
       }
@@ -63,10 +66,15 @@ function parseOptions(text: string): JobOptions {
         options.priority = n;
         break;
       }
-      case 'not_before':
-        if (Number.isNaN(Date.parse(raw))) throw badHint(`invalid not_before "${raw}": use an ISO 8601 timestamp with time zone`);
-        options.notBefore = new Date(raw).toISOString();
+      case 'not_before': {
+        const t = Date.parse(raw);
+        if (Number.isNaN(t)) throw badHint(`invalid not_before "${raw}": use an ISO 8601 timestamp with time zone`);
+        // toISOString writes years outside 0000-9999 as "+010000", which the server does not read.
+        const year = new Date(t).getUTCFullYear();
+        if (year < 1 || year > 9999) throw badHint(`not_before "${raw}" is out of range: years 1 to 9999`);
+        options.notBefore = new Date(t).toISOString();
         break;
+      }
       case 'max_attempts': {
         const n = Number(raw);
         if (!Number.isInteger(n) || n < 1 || n > 100) throw badHint(`invalid max_attempts "${raw}": an integer from 1 to 100`);

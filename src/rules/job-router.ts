@@ -7,6 +7,7 @@ import { isHintComment, parseHint, type Hint } from './hint.js';
 import { classify } from './classify.js';
 import { RuleMatcher } from './rule-matcher.js';
 import { parseStatements, scan, type ScanToken } from './sql-parser.js';
+import { asStandardStrings } from './nonstandard-strings.js';
 
 const FORWARD: Route = { action: 'forward' };
 
@@ -34,17 +35,20 @@ export class JobRouter implements StatementRouter {
     const candidates = this.rules.empty ? [] : this.rules.forContext(ctx);
     if (!mayHint && candidates.length === 0) return FORWARD;
     try {
-      return this.routeScanned(sql, mayHint, candidates);
+      // The scanner lexes as with standard_conforming_strings = on; under off, lex a copy in
+      // which backslash-escaped quotes cannot end a literal (same offsets, see nonstandard-strings).
+      const lexable = ctx.standardConformingStrings === false ? asStandardStrings(sql) : sql;
+      return this.routeScanned(sql, lexable, mayHint, candidates);
     } catch (err) {
       if (err instanceof PgError) return { action: 'reject', error: err };
       throw err;
     }
   }
 
-  private routeScanned(sql: string, mayHint: boolean, candidates: Rule[]): Route {
+  private routeScanned(sql: string, lexable: string, mayHint: boolean, candidates: Rule[]): Route {
     let tokens: ScanToken[];
     try {
-      tokens = scan(sql);
+      tokens = scan(lexable);
     } catch {
       return FORWARD; // the server reports the lexical error in its own words
     }
@@ -61,7 +65,7 @@ export class JobRouter implements StatementRouter {
     }
     let parsed;
     try {
-      parsed = parseStatements(sql);
+      parsed = parseStatements(lexable);
     } catch (err) {
       if (!hint) return FORWARD;
       throw new PgError(SqlState.SyntaxError, (err as Error).message);

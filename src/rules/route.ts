@@ -5,6 +5,11 @@ export interface RoutingContext {
   user: string;
   database: string;
   applicationName: string;
+  /**
+   * The session's standard_conforming_strings, as the server last reported it (ParameterStatus);
+   * false: backslashes escape inside ordinary string literals. Absent means on.
+   */
+  standardConformingStrings?: boolean;
 }
 
 export type Route =

@@ -49,6 +49,7 @@ export interface SessionDeps {
 
 type Phase = 'connecting' | 'auth' | 'ready' | 'closed';
 
+const PARAMETER_STATUS = 0x53;
 const Q = 0x51, P = 0x50, B = 0x42, D = 0x44, E = 0x45, S = 0x53, H = 0x48, C = 0x43, X = 0x58, F = 0x46;
 /** Client bytes held while the proxy runs its own exchange; beyond this the client is paused. */
 const HELD_BYTES_LIMIT = 1 << 20;
@@ -105,6 +106,13 @@ export class ClientSession implements BackendStreamSink {
   private superviseTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
+  /** The client left while a submission ran: adopt or close once the local operation is done. */
+  private decideAfterLocal = false;
+  /** A job submission is talking to the server (see onClientClosed). */
+  private submitting = false;
+  /** The session's settings that change how the proxy must read its SQL, from ParameterStatus. */
+  private standardConformingStrings = true;
+  private textEncoding: BufferEncoding = 'utf8';
   private readonly pausedBy = new Set<'held' | 'upstream' | 'client'>();
   private closeListeners: (() => void)[] = [];
   readonly channel: SessionChannel;
@@ -128,6 +136,9 @@ export class ClientSession implements BackendStreamSink {
       },
       get backendPid() {
         return self.realPid;
+      },
+      get textEncoding() {
+        return self.textEncoding;
       },
     };
   }
@@ -320,11 +331,16 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private routingContext(): RoutingContext {
-    return { user: this.user, database: this.database, applicationName: this.applicationName };
+    return {
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+      standardConformingStrings: this.standardConformingStrings,
+    };
   }
 
   private onQuery(msg: Buffer): void {
-    const sql = readQuery(msg);
+    const sql = readQuery(msg, this.textEncoding);
     const route = this.deps.router().route(sql, this.routingContext());
     this.forwardedSinceSync = 0;
     this.batchHasLocal = false;
@@ -371,7 +387,7 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onParse(msg: Buffer): void {
-    const parse = readParse(msg);
+    const parse = readParse(msg, this.textEncoding);
     const route = this.deps.router().route(parse.sql, this.routingContext());
     if (route.action === 'forward') {
       this.deps.observer.statement('forwarded');
@@ -516,7 +532,13 @@ export class ClientSession implements BackendStreamSink {
   private async submit(plan: JobPlan, params: BoundParams | null): Promise<SubmittedJob> {
     if (!this.deps.jobs) throw jobsDisabled();
     const started = performance.now();
-    const job = await this.deps.jobs.submit(this.channel, plan, params, this.submitContext());
+    this.submitting = true;
+    let job: SubmittedJob;
+    try {
+      job = await this.deps.jobs.submit(this.channel, plan, params, this.submitContext());
+    } finally {
+      this.submitting = false;
+    }
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
     this.jobs?.track(job, plan.rule, plan.options.onDisconnect ?? 'keep');
@@ -537,6 +559,11 @@ export class ClientSession implements BackendStreamSink {
       })
       .finally(() => {
         this.localBusy = false;
+        if (this.decideAfterLocal) {
+          this.decideAfterLocal = false;
+          this.adoptOrClose();
+          return;
+        }
         this.flushOutbound();
         this.pump();
       });
@@ -626,8 +653,9 @@ export class ClientSession implements BackendStreamSink {
     if (this.superviseDue && this.txStatus === 'I' && this.idle && this.held.length === 0) this.superviseOnce();
   }
 
-  capturing(): boolean {
-    return this.phase === 'auth' || (this.collector !== null && this.pendingReady === 0);
+  capturing(type: number): boolean {
+    // ParameterStatus is read as well as relayed: the proxy lexes SQL the way it says.
+    return this.phase === 'auth' || type === PARAMETER_STATUS || (this.collector !== null && this.pendingReady === 0);
   }
 
   relay(bytes: Buffer): void {
@@ -645,6 +673,7 @@ export class ClientSession implements BackendStreamSink {
 
   capture(type: number, message: Buffer): void {
     this.lastServerMessage = type;
+    if (type === PARAMETER_STATUS) this.noteParameter(message);
     if (this.phase === 'auth') return this.onAuthMessage(type, message);
     // A FATAL ends the server session under the proxy's own statement: the client is told
     // exactly what the server said, as it would be without the proxy.
@@ -658,6 +687,21 @@ export class ClientSession implements BackendStreamSink {
       return;
     }
     this.collector?.take(message);
+  }
+
+  /**
+   * The server reports standard_conforming_strings and client_encoding whenever they change
+   * (and at startup): a SET, a RESET, a function's SET clause ending, a rolled-back SET.
+   */
+  private noteParameter(message: Buffer): void {
+    const nameEnd = message.indexOf(0, 5);
+    if (nameEnd < 0) return;
+    const valueEnd = message.indexOf(0, nameEnd + 1);
+    if (valueEnd < 0) return;
+    const name = message.toString('latin1', 5, nameEnd);
+    const value = message.toString('latin1', nameEnd + 1, valueEnd);
+    if (name === 'standard_conforming_strings') this.standardConformingStrings = value !== 'off';
+    else if (name === 'client_encoding') this.textEncoding = /^(UTF8|UNICODE)$/i.test(value) ? 'utf8' : 'latin1';
   }
 
   private onAuthMessage(type: number, message: Buffer): void {
@@ -771,6 +815,21 @@ export class ClientSession implements BackendStreamSink {
     this.local.portals.clear();
     this.held = [];
     this.heldBytes = 0;
+    if (this.submitting && this.phase === 'ready') {
+      // A submission is in flight, its job row maybe committing right now: closing the server
+      // session under it would leave a committed job with no session to launch or supervise it
+      // (it would end 'lost'). Let it finish (it only waits for the server's answers to the
+      // proxy's own statements), then adopt or close. Other local work (e.g. still waiting for
+      // the server to finish the client's previous statement) ends with the session as before.
+      this.unpause('client');
+      this.decideAfterLocal = true;
+      return;
+    }
+    this.adoptOrClose();
+  }
+
+  /** The client has left: keep the server session while it has jobs to look after, else end it. */
+  private adoptOrClose(): void {
     if (this.hasPendingJobs && this.phase === 'ready') {
       // Adopted: the upstream session outlives its client until its supervised jobs end.
       this.deps.log.info({ session: this.id, jobs: this.jobs?.ids ?? [] }, 'client left; keeping session for its jobs');
@@ -784,6 +843,12 @@ export class ClientSession implements BackendStreamSink {
   private afterClientLeft(): void {
     this.whenIdle().then(() => {
       if (this.phase !== 'ready') return;
+      if (this.localBusy) {
+        // The proxy's own operation holds the session (its transaction status is not the
+        // client's): decide once it is done.
+        this.decideAfterLocal = true;
+        return;
+      }
       if (this.txStatus !== 'I') {
         this.runLocal(async () => {
           await this.exchange([queryMessage('ROLLBACK')]);

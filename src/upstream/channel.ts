@@ -20,4 +20,10 @@ export interface SessionChannel {
   /** Transaction status from the last ReadyForQuery. */
   readonly txStatus: 'I' | 'T' | 'E';
   readonly backendPid: number;
+  /**
+   * How the session's client_encoding maps characters to bytes: 'utf8' for UTF8, else 'latin1',
+   * which carries every byte through unchanged (text the proxy read from the client in that
+   * encoding goes back to the server as the same bytes).
+   */
+  readonly textEncoding: BufferEncoding;
 }

@@ -93,6 +93,9 @@ describe('schema defaults', () => {
       maxInFlightPerDatabase: {},
       maxInFlightPerUser: {},
       maxQueued: 1000,
+      maxQueuedPerUser: 100,
+      defaultTimeout: 3_600_000,
+      maxTimeout: 86_400_000,
       retry: { maxAttempts: 3, baseDelay: 500, maxDelay: 30000 },
     });
     expect(c.rules).toEqual([]);

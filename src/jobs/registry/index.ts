@@ -30,6 +30,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(1, '001-registry.sql', 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS'),
   migration(2, '002-progress.sql', 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)'),
   migration(3, '003-privilege.sql', 'no privilege escape: verified worker pids, per-role notification channels, private per-role counts, no direct INSERT'),
+  migration(4, '004-fair-queue.sql', 'fair queue: round-robin between roles, per-role queue bound, options validated at submission, permanent launch failures end the job'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
