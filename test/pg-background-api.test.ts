@@ -14,19 +14,22 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../src/jobs/migrate.js';
 import { STANDIN_SQL_PATH, getCluster, pgBackgroundNames, pgErrorOf } from './harness/index.js';
+import { waitJob } from './support/jobs.js';
+import { startTestProxy, type TestProxy } from './support/proxy.js';
 
 const cluster = getCluster();
 const is2x = /^[2-9]\./.test(cluster.extVersion);
 const names = pgBackgroundNames(cluster);
 const tag = `${process.pid}_${Date.now().toString(36)}`;
 const LIMITED = `pgbapi_limited_${tag}`;
+const VIAPROXY = `pgbapi_proxy_${tag}`;
 const PASSWORD = 'pgbapi-secret';
 
 const open: pg.Client[] = [];
 const databases: string[] = [];
 
 async function session(database: string, user = 'postgres'): Promise<pg.Client> {
-  const client = new pg.Client(cluster.clientConfig({ user, database, ...(user === LIMITED ? { password: PASSWORD } : {}) }));
+  const client = new pg.Client(cluster.clientConfig({ user, database, ...(user === LIMITED || user === VIAPROXY ? { password: PASSWORD } : {}) }));
   client.on('error', () => undefined);
   await client.connect();
   open.push(client);
@@ -79,6 +82,7 @@ afterAll(async () => {
   while (open.length) await open.pop()!.end().catch(() => undefined);
   for (const db of databases) await cluster.query(`DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`).catch(() => undefined);
   await cluster.query(`DROP ROLE IF EXISTS ${LIMITED}`).catch(() => undefined);
+  await cluster.query(`DROP ROLE IF EXISTS ${VIAPROXY}`).catch(() => undefined);
 });
 
 describe(`pg_background ${cluster.pgBackground === 'real' ? cluster.extVersion : 'stand-in'}: the API the registry uses`, () => {
@@ -241,5 +245,43 @@ describe('pg_background 1.3 (v1 API), on the stand-in without its _v2 functions'
     expect(vacuum.api).toBe(1);
     expect(await supervise(alice, vacuum)).toBe('VACUUM');
     expect((await one(alice, 'SELECT state FROM pgbg.job WHERE id = $1', [vacuum.job_id])).state).toBe('succeeded');
+  });
+});
+
+describe(`through the proxy, on pg_background ${cluster.pgBackground === 'real' ? cluster.extVersion : 'stand-in'}`, () => {
+  let db: string;
+  let via: TestProxy;
+  beforeAll(async () => {
+    db = await registryDatabase();
+    via = await startTestProxy(cluster);
+  });
+  afterAll(async () => {
+    await via?.close();
+  });
+
+  it('a role lacking EXECUTE on the wait function gets the exact 42501; with pgbackground_role, VACUUM and CREATE INDEX CONCURRENTLY succeed', async () => {
+    const su = await session(db);
+    await su.query(`CREATE ROLE ${VIAPROXY} LOGIN PASSWORD '${PASSWORD}'`);
+    await su.query(`ALTER TABLE items OWNER TO ${VIAPROXY}`);
+    const wait = `public.${names.wait}(integer,bigint,integer)`;
+    await su.query(`GRANT EXECUTE ON FUNCTION public.${names.launch}(text,integer), public.${names.result}(integer,bigint) TO ${VIAPROXY}`);
+    const client = await via.connect({ user: VIAPROXY, password: PASSWORD, database: db });
+    try {
+      const err = await pgErrorOf(client.query('/*+ background */ VACUUM items'));
+      expect(err.code).toBe('42501');
+      expect(err.detail).toBe(`${VIAPROXY} needs EXECUTE on ${wait}`);
+      expect(err.hint).toBe(`GRANT EXECUTE ON FUNCTION ${wait} TO ${VIAPROXY}; (as a superuser)`);
+      expect((await client.query('SELECT 1 AS still_usable')).rows).toEqual([{ still_usable: 1 }]);
+
+      await su.query(`GRANT pgbackground_role TO ${VIAPROXY}`);
+      const vacuum = String((await client.query('/*+ background */ VACUUM items')).rows[0].job_id);
+      const cic = String((await client.query('/*+ background */ CREATE INDEX CONCURRENTLY items_proxy_v ON items (v)')).rows[0].job_id);
+      expect(await waitJob(su, vacuum)).toMatchObject({ state: 'succeeded', command_tag: 'VACUUM' });
+      expect(await waitJob(su, cic)).toMatchObject({ state: 'succeeded', command_tag: 'CREATE INDEX' });
+      expect((await one(su, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_proxy_v'::regclass")).indisvalid).toBe(true);
+    } finally {
+      await client.end();
+      await su.query(`REVOKE pgbackground_role FROM ${VIAPROXY}`);
+    }
   });
 });
