@@ -167,6 +167,37 @@ describe(`pg_background ${cluster.pgBackground === 'real' ? cluster.extVersion :
     expect(await supervise(alice, vacuum)).toBe('VACUUM');
   });
 
+  it("another role's look-alike functions neither change the detected API nor capture a launch", async () => {
+    const trapped = await registryDatabase();
+    const su = await session(trapped);
+    const trap = `trap_${tag}`;
+    await su.query(`CREATE SCHEMA ${trap} AUTHORIZATION alice`);
+    const alice = await session(trapped, 'alice');
+    // A handle-returning pg_background_launch(text, int4) in alice's schema would make 1.8 look
+    // like 2.x; a one-argument launch in public would be a closer match for a one-argument call.
+    await alice.query(`
+      CREATE TABLE ${trap}.log (who name);
+      GRANT USAGE ON SCHEMA ${trap} TO PUBLIC;
+      GRANT INSERT ON ${trap}.log TO PUBLIC;
+      CREATE TYPE ${trap}.h AS (pid int4, cookie int8);
+      CREATE FUNCTION ${trap}.pg_background_launch(sql text, queue_size int4) RETURNS ${trap}.h
+        LANGUAGE sql AS $$ INSERT INTO ${trap}.log VALUES (current_user) RETURNING 0, 0::int8 $$;
+      CREATE FUNCTION public.${names.launch}(sql text) RETURNS ${trap}.h
+        LANGUAGE sql AS $$ INSERT INTO ${trap}.log VALUES (current_user) RETURNING 0, 0::int8 $$;
+      GRANT EXECUTE ON FUNCTION ${trap}.pg_background_launch(text, int4), public.${names.launch}(text) TO PUBLIC;`);
+    const bob = await session(trapped, 'bob');
+    expect(await one(bob, 'SELECT generation, launch_function::text AS launch FROM pgbg.pg_background_info()')).toEqual({
+      generation: is2x ? 'handle' : 'v2',
+      launch: `${names.launch}(text,integer)`,
+    });
+    const job = await submitAndLaunch(bob, 'SELECT 1', 'SELECT', true);
+    expect(job.worker_pid).toBeGreaterThan(0);
+    expect(await jobState(bob, job.job_id)).toBe('succeeded');
+    const vacuum = await submitAndLaunch(bob, 'VACUUM pg_catalog.pg_class', 'VACUUM', false);
+    expect(vacuum.worker_pid).toBeGreaterThan(0);
+    expect((await su.query(`SELECT who FROM ${trap}.log`)).rows).toEqual([]);
+  });
+
   it('a role that lacks EXECUTE on one pg_background function is told exactly which one', async () => {
     const su = await session(db);
     await su.query(`CREATE ROLE ${LIMITED} LOGIN PASSWORD '${PASSWORD}'`);

@@ -71,7 +71,9 @@ BEGIN
     FROM pg_extension e WHERE e.extname = 'pg_background';
 
   -- 2.x: the unsuffixed launch returns a handle (a composite type), not v1's int4 pid.
-  -- Prefer the extension's schema, then functions owned by a superuser, then by name.
+  -- Only functions owned by a superuser count (the extension's and the stand-in's are): a role
+  -- that may create functions in some schema must not get other roles' jobs launched through
+  -- its own code. Prefer the extension's schema, then by schema name.
   SELECT p.oid, p.pronamespace INTO v_launch, v_ns
     FROM pg_proc p
     JOIN pg_roles o ON o.oid = p.proowner
@@ -79,19 +81,20 @@ BEGIN
    WHERE p.proname = 'pg_background_launch'
      AND p.proargtypes = '25 23'::oidvector
      AND t.typtype = 'c'
-   ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST, o.rolsuper DESC,
+     AND o.rolsuper
+   ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
             (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
    LIMIT 1;
   IF v_launch IS NOT NULL THEN
     generation := 'handle';
     api := 2;
-    SELECT p.oid INTO result_function FROM pg_proc p
-     WHERE p.proname = 'pg_background_result' AND p.pronamespace = v_ns AND p.proargtypes = '23 20'::oidvector;
-    SELECT p.oid INTO wait_function FROM pg_proc p
-     WHERE p.proname = 'pg_background_wait' AND p.pronamespace = v_ns AND p.proargtypes = '23 20 23'::oidvector
+    SELECT p.oid INTO result_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_result' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20'::oidvector;
+    SELECT p.oid INTO wait_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_wait' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20 23'::oidvector
        AND p.prorettype = 'bool'::regtype;
-    SELECT p.oid INTO detach_function FROM pg_proc p
-     WHERE p.proname = 'pg_background_detach' AND p.pronamespace = v_ns AND p.proargtypes = '23 20'::oidvector;
+    SELECT p.oid INTO detach_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_detach' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20'::oidvector;
     v_need := ARRAY[v_launch::regprocedure::text,
                     COALESCE(result_function::text, 'pg_background_result(integer,bigint)'),
                     COALESCE(wait_function::text, 'pg_background_wait(integer,bigint,integer)')];
@@ -102,18 +105,19 @@ BEGIN
       JOIN pg_roles o ON o.oid = p.proowner
      WHERE p.proname = 'pg_background_launch_v2'
        AND p.proargtypes = '25 23'::oidvector
-     ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST, o.rolsuper DESC,
+       AND o.rolsuper
+     ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
               (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
      LIMIT 1;
     IF v_launch IS NOT NULL THEN
       generation := 'v2';
       api := 2;
-      SELECT p.oid INTO result_function FROM pg_proc p
-       WHERE p.proname = 'pg_background_result_v2' AND p.pronamespace = v_ns AND p.proargtypes = '23 20'::oidvector;
-      SELECT p.oid INTO wait_function FROM pg_proc p
-       WHERE p.proname = 'pg_background_wait_v2_timeout' AND p.pronamespace = v_ns AND p.proargtypes = '23 20 23'::oidvector;
-      SELECT p.oid INTO detach_function FROM pg_proc p
-       WHERE p.proname = 'pg_background_detach_v2' AND p.pronamespace = v_ns AND p.proargtypes = '23 20'::oidvector;
+      SELECT p.oid INTO result_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+       WHERE p.proname = 'pg_background_result_v2' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20'::oidvector;
+      SELECT p.oid INTO wait_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+       WHERE p.proname = 'pg_background_wait_v2_timeout' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20 23'::oidvector;
+      SELECT p.oid INTO detach_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+       WHERE p.proname = 'pg_background_detach_v2' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23 20'::oidvector;
       v_need := ARRAY[v_launch::regprocedure::text,
                       COALESCE(result_function::text, 'pg_background_result_v2(integer,bigint)'),
                       COALESCE(wait_function::text, 'pg_background_wait_v2_timeout(integer,bigint,integer)')];
@@ -125,16 +129,17 @@ BEGIN
        WHERE p.proname = 'pg_background_launch'
          AND p.proargtypes = '25 23'::oidvector
          AND p.prorettype = 'int4'::regtype
-       ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST, o.rolsuper DESC,
+         AND o.rolsuper
+       ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
                 (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
        LIMIT 1;
       IF v_launch IS NOT NULL THEN
         generation := 'v1';
         api := 1;
-        SELECT p.oid INTO result_function FROM pg_proc p
-         WHERE p.proname = 'pg_background_result' AND p.pronamespace = v_ns AND p.proargtypes = '23'::oidvector;
-        SELECT p.oid INTO detach_function FROM pg_proc p
-         WHERE p.proname = 'pg_background_detach' AND p.pronamespace = v_ns AND p.proargtypes = '23'::oidvector;
+        SELECT p.oid INTO result_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+         WHERE p.proname = 'pg_background_result' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23'::oidvector;
+        SELECT p.oid INTO detach_function FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+         WHERE p.proname = 'pg_background_detach' AND p.pronamespace = v_ns AND o.rolsuper AND p.proargtypes = '23'::oidvector;
         -- v1 has no wait function: the supervisor watches pg_stat_activity, then reads the result
         v_need := ARRAY[v_launch::regprocedure::text, COALESCE(result_function::text, 'pg_background_result(integer)')];
       END IF;
@@ -312,6 +317,7 @@ DECLARE
   v_job record;
   v_timeout text;
   v_old_timeout text := pg_catalog.current_setting('statement_timeout');
+  v_queue_size integer;
 BEGIN
   SELECT j.transactional, j.options INTO v_job FROM pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) launch_job.job_id;
   v_timeout := COALESCE(v_job.options OPERATOR(pg_catalog.->>) 'timeout_ms', '0');
@@ -329,20 +335,23 @@ BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, (launch_job.job_id OPERATOR(pg_catalog.%) 2147483647)::integer);
   END IF;
 
+  -- The queue size is passed explicitly, as the launch function's own default (1.8 and 2.0: 0,
+  -- meaning pg_background.default_queue_size), so that the call matches (text, int4) exactly: a
+  -- function someone adds beside it, say pg_background_launch(text), cannot capture the call.
+  v_queue_size := COALESCE(pg_catalog.pg_get_function_arg_default(v_info.launch_function::pg_catalog.oid, 2)::integer, 0);
   PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
   -- "|| ''": pg_background 1.8 mishandles short-header text arguments (see pgbg.launch_sql).
-  -- One argument: each generation's default queue size.
   IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
-    EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''') h) s',
+    EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2) h) s',
                               v_info.fn_schema)
-      INTO worker_pid, cookie USING v_sql;
+      INTO worker_pid, cookie USING v_sql, v_queue_size;
   ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
-    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''') h',
+    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''', $2) h',
                               v_info.fn_schema)
-      INTO worker_pid, cookie USING v_sql;
+      INTO worker_pid, cookie USING v_sql, v_queue_size;
   ELSE
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''')', v_info.fn_schema)
-      INTO worker_pid USING v_sql;
+    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2)', v_info.fn_schema)
+      INTO worker_pid USING v_sql, v_queue_size;
   END IF;
   PERFORM pg_catalog.set_config('statement_timeout', v_old_timeout, true);
   api := v_info.api;
