@@ -20,7 +20,10 @@
 --    blocked statement holds the snapshot that CREATE INDEX CONCURRENTLY waits for;
 --  - pg_background_cancel(pid, cookie, grace_ms) escalates to SIGKILL after grace_ms > 0 before
 --    2.0.2, which restarts the whole server: nothing here calls any cancel function;
---  - a worker still shows backend_type 'pg_background' in pg_stat_activity.
+--  - a worker still shows backend_type 'pg_background' in pg_stat_activity, but with
+--    application_name 'pg_background:<its pid>' instead of the launching session's;
+--  - a worker turns SIGTERM (pg_terminate_backend) into a query cancel: pgbg.run_job catches it
+--    and records 'failed' (57014) where 1.8's worker dies and reconciliation says 'lost'.
 --
 -- Redefines: pgbg.pg_background_info (new OUT columns, so dropped and recreated), pgbg.launch_job,
 -- and, for an exact permission error, pgbg.submit (its DETAIL names the functions the role
