@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULT_PGBG_ROLES, ROLE_PASSWORDS, getCluster, pgErrorOf, sqlstateOf, startCluster, type Cluster } from './harness/index.js';
+import { DEFAULT_PGBG_ROLES, ROLE_PASSWORDS, getCluster, pgBackgroundChoiceFromEnv, pgBackgroundNames, pgErrorOf, sqlstateOf, startCluster, type Cluster } from './harness/index.js';
 
 const cluster = getCluster();
 const realAvailable = existsSync('/usr/share/postgresql/15/extension/pg_background.control');
@@ -48,21 +48,57 @@ describe('shared cluster', () => {
     await cluster.query(`drop table ${table}`, [], { user: 'bob' });
   });
 
-  it('installs the pg_background the server has, or the stand-in', async () => {
-    const expected = process.env.PGBG_TEST_STANDIN === '1' || !realAvailable ? 'standin' : 'real';
-    expect(cluster.pgBackground).toBe(expected);
-    expect(cluster.extVersion).toBe('1.8');
+  it('installs the pg_background that PGBG_TEST_PG_BACKGROUND asks for (default: the server\'s, or the stand-in)', async () => {
+    // Computed here from the environment, independently of the harness's own parsing.
+    const asked = process.env.PGBG_TEST_PG_BACKGROUND || (process.env.PGBG_TEST_STANDIN === '1' ? 'standin' : 'auto');
+    expect(cluster.requested).toBe(asked);
+    const defaults = await cluster.query<{ v: string }>(`select default_version v from pg_available_extensions where name = 'pg_background'`);
+    const serverDefault = defaults.rows[0]?.v ?? null;
+    const expectedKind = asked === 'standin' || (asked === 'auto' && !realAvailable) ? 'standin' : 'real';
+    expect(cluster.pgBackground).toBe(expectedKind);
+    const expectedVersion = asked === '1.8' || asked === '2.0' ? asked : expectedKind === 'real' ? serverDefault : '1.8';
+    expect(cluster.extVersion).toBe(expectedVersion);
     const ext = await cluster.query(`select extversion from pg_extension where extname = 'pg_background'`);
-    const fn = await cluster.query<{ f: string | null }>(`select to_regprocedure('public.pg_background_launch_v2(text,integer)')::text f`);
-    expect(fn.rows[0]!.f).toBe('pg_background_launch_v2(text,integer)');
+    const fn = async (sig: string) => (await cluster.query<{ f: string | null }>(`select to_regprocedure($1)::text f`, [`public.${sig}`])).rows[0]!.f;
     if (cluster.pgBackground === 'real') {
-      expect(ext.rows).toEqual([{ extversion: '1.8' }]);
+      expect(ext.rows).toEqual([{ extversion: expectedVersion }]);
     } else {
       // The stand-in is a fixture, never registered as the extension.
       expect(ext.rowCount).toBe(0);
       const dblink = await cluster.query(`select 1 from pg_extension where extname = 'dblink'`);
       expect(dblink.rowCount).toBe(1);
     }
+    if (expectedVersion === '2.0') {
+      // 2.0: the unsuffixed names are the handle API; wait_v2_timeout and the v1 API are gone.
+      expect(await fn('pg_background_wait(integer,bigint,integer)')).toBe('pg_background_wait(integer,bigint,integer)');
+      expect(await fn('pg_background_wait_v2_timeout(integer,bigint,integer)')).toBeNull();
+      const ret = await cluster.query<{ t: string }>(`select prorettype::regtype::text t from pg_proc where oid = 'public.pg_background_launch(text,integer)'::regprocedure`);
+      expect(ret.rows[0]!.t).toBe('pg_background_handle');
+    } else {
+      expect(await fn('pg_background_launch_v2(text,integer)')).toBe('pg_background_launch_v2(text,integer)');
+      expect(await fn('pg_background_wait_v2_timeout(integer,bigint,integer)')).toBe('pg_background_wait_v2_timeout(integer,bigint,integer)');
+    }
+  });
+
+  it('only databases cloned from the template have pg_background: template1 and postgres do not', async () => {
+    for (const database of ['template1', 'postgres']) {
+      const r = await cluster.query<{ n: string }>(
+        `select count(*) n from pg_proc where proname in ('pg_background_launch', 'pg_background_launch_v2')`,
+        [],
+        { database },
+      );
+      expect(r.rows[0]!.n).toBe('0');
+    }
+  });
+
+  it('reads PGBG_TEST_PG_BACKGROUND strictly, with PGBG_TEST_STANDIN=1 as an alias of standin', () => {
+    expect(pgBackgroundChoiceFromEnv({})).toBe('auto');
+    expect(pgBackgroundChoiceFromEnv({ PGBG_TEST_STANDIN: '1' })).toBe('standin');
+    expect(pgBackgroundChoiceFromEnv({ PGBG_TEST_PG_BACKGROUND: '2.0' })).toBe('2.0');
+    expect(pgBackgroundChoiceFromEnv({ PGBG_TEST_PG_BACKGROUND: '1.8' })).toBe('1.8');
+    expect(pgBackgroundChoiceFromEnv({ PGBG_TEST_PG_BACKGROUND: 'standin', PGBG_TEST_STANDIN: '1' })).toBe('standin');
+    expect(() => pgBackgroundChoiceFromEnv({ PGBG_TEST_PG_BACKGROUND: '2.O' })).toThrow(/not one of auto, standin, 1\.8, 2\.0/);
+    expect(() => pgBackgroundChoiceFromEnv({ PGBG_TEST_PG_BACKGROUND: '2.0', PGBG_TEST_STANDIN: '1' })).toThrow(/contradicts/);
   });
 
   it('grants pg_background to the default roles through pgbackground_role', async () => {
@@ -184,11 +220,13 @@ describe('helpers', () => {
     await cluster.query(`create role ${role} login password 'carol-secret'`);
     try {
       const opts = { user: role, password: 'carol-secret' };
-      const denied = await pgErrorOf(cluster.query(`select pg_background_launch_v2('select 1')`, [], opts));
+      const n = pgBackgroundNames(cluster);
+      const denied = await pgErrorOf(cluster.query(`select ${n.launch}('select 1')`, [], opts));
       expect(denied.code).toBe('42501');
+      expect(denied.message).toBe(`permission denied for function ${n.launch}`);
       await cluster.grantPgBackground(role);
       const r = await cluster.query<{ x: number }>(
-        `select x from pg_background_result(pg_background_launch('select 7')) as (x int)`,
+        `select r.x from (select ${n.launch}('select 7') h) s, ${n.result}((s.h).pid, (s.h).cookie) as r(x int)`,
         [],
         opts,
       );

@@ -1,30 +1,25 @@
 import type { Logger } from 'pino';
 import type { SessionChannel } from '../upstream/channel.js';
 import type { SupervisedWorker } from './submitter.js';
-import { runOrThrow, runStatement, serverError } from './upstream-sql.js';
+import { runStatement, serverError } from './upstream-sql.js';
 
 /**
  * One look at a non-transactional job's worker from the session that launched it (DESIGN.md
  * decision 4): only that session can read the worker's result, and it must hold no transaction
- * while the worker runs (CREATE INDEX CONCURRENTLY waits for every older transaction).
+ * while the worker runs (CREATE INDEX CONCURRENTLY waits for every older transaction), so each
+ * look is one short statement that never blocks. Which pg_background functions serve the handle
+ * (1.3's v1 API, 1.6-1.10's `_v2` names, 2.x's unsuffixed names) is decided in the registry by
+ * what the database has (pgbg.worker_stopped / pgbg.worker_result, sql/registry/005), so this
+ * code neither names them nor depends on the session's search_path.
  * Returns true once the outcome is recorded.
  */
 export async function superviseStep(channel: SessionChannel, worker: SupervisedWorker, log: Logger): Promise<boolean> {
-  const pid = String(worker.pid);
-  if (worker.apiVersion === 2) {
-    const done = await runStatement(channel, 'SELECT pg_background_wait_v2_timeout($1::int4, $2::int8, 0)', [pid, worker.cookie]);
-    const waitError = serverError(done);
-    if (waitError) return record(channel, worker, log, 'lost', null, waitError.code, `cannot supervise the worker: ${waitError.message}`);
-    if (done.rows[0]?.[0] !== 't') return false;
-  } else {
-    const alive = await runOrThrow(channel, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::int4 AND backend_type = 'pg_background'", [pid]);
-    if (alive.rows[0]?.[0] !== '0') return false;
-  }
-  const sql =
-    worker.apiVersion === 2
-      ? 'SELECT * FROM pg_background_result_v2($1::int4, $2::int8) AS (command_tag text)'
-      : 'SELECT * FROM pg_background_result($1::int4) AS (command_tag text)';
-  const result = await runStatement(channel, sql, worker.apiVersion === 2 ? [pid, worker.cookie] : [pid]);
+  const handle = [String(worker.apiVersion), String(worker.pid), worker.cookie];
+  const done = await runStatement(channel, 'SELECT pgbg.worker_stopped($1::pg_catalog.int4, $2::pg_catalog.int4, $3::pg_catalog.int8)', handle);
+  const waitError = serverError(done);
+  if (waitError) return record(channel, worker, log, 'lost', null, waitError.code, `cannot supervise the worker: ${waitError.message}`);
+  if (done.rows[0]?.[0] !== 't') return false;
+  const result = await runStatement(channel, 'SELECT pgbg.worker_result($1::pg_catalog.int4, $2::pg_catalog.int4, $3::pg_catalog.int8)', handle);
   const err = serverError(result);
   if (err) return record(channel, worker, log, 'failed', null, err.code, err.message);
   return record(channel, worker, log, 'succeeded', result.rows[0]?.[0] ?? null, null, null);

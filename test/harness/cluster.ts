@@ -3,10 +3,11 @@
  *
  * `startCluster()` runs initdb into a fresh directory under os.tmpdir(), starts the server on a
  * free 127.0.0.1 port (plus a Unix socket inside the same directory), creates the test roles
- * and the `app` database, and installs pg_background into it: the real extension when the
- * server has it, otherwise the dblink-based stand-in from test/fixtures (a test fixture, not
- * the extension). When the test process runs as root, every server binary runs as the
- * `postgres` OS user.
+ * and the `app` database, and installs pg_background into it: the version asked for with
+ * PGBG_TEST_PG_BACKGROUND (`1.8`, `2.0` or `standin`), or by default the real extension's
+ * default version when the server has it, otherwise the dblink-based stand-in from
+ * test/fixtures (a test fixture, not the extension). When the test process runs as root, every
+ * server binary runs as the `postgres` OS user.
  *
  * `clusterFromInfo()` rebuilds a usable Cluster in another process (the vitest workers) from
  * the plain-data `ClusterInfo` that the global setup provides.
@@ -37,10 +38,36 @@ const TEMPLATE_DATABASE = 'app_template';
 
 export type PgBackgroundKind = 'real' | 'standin';
 
+/**
+ * Which pg_background a cluster gets: a version of the real extension (`CREATE EXTENSION
+ * pg_background VERSION '...'`), the stand-in, or `auto` (the real extension's default version
+ * where the server has it, else the stand-in: what a fresh clone without the shared tools gets).
+ */
+export type PgBackgroundChoice = 'auto' | 'standin' | '1.8' | '2.0';
+export const PG_BACKGROUND_CHOICES: readonly PgBackgroundChoice[] = Object.freeze(['auto', 'standin', '1.8', '2.0']);
+
+/**
+ * The choice the environment asks for: PGBG_TEST_PG_BACKGROUND=1.8|2.0|standin|auto, with
+ * PGBG_TEST_STANDIN=1 kept as an alias of `standin`. An unknown value is an error, never a
+ * silent fallback (a CI run against "2.O" must not quietly test 1.8).
+ */
+export function pgBackgroundChoiceFromEnv(env: NodeJS.ProcessEnv = process.env): PgBackgroundChoice {
+  const raw = env.PGBG_TEST_PG_BACKGROUND?.trim();
+  const alias = env.PGBG_TEST_STANDIN === '1';
+  if (raw === undefined || raw === '') return alias ? 'standin' : 'auto';
+  if (!(PG_BACKGROUND_CHOICES as readonly string[]).includes(raw)) {
+    throw new ClusterError(`PGBG_TEST_PG_BACKGROUND=${raw} is not one of ${PG_BACKGROUND_CHOICES.join(', ')}`);
+  }
+  if (alias && raw !== 'standin') {
+    throw new ClusterError(`PGBG_TEST_STANDIN=1 contradicts PGBG_TEST_PG_BACKGROUND=${raw}`);
+  }
+  return raw as PgBackgroundChoice;
+}
+
 export interface StartClusterOptions {
   /** Extra postgresql.conf settings (raw values, quoted for you when needed). */
   settings?: Record<string, string>;
-  /** Force the stand-in even when the real extension is available (default: env PGBG_TEST_STANDIN=1). */
+  /** Force the stand-in even when the real extension is available (same as pgBackground: 'standin'). */
   standin?: boolean;
   /**
    * pg_hba.conf lines for TCP connections, replacing the default `host` lines (the local
@@ -49,6 +76,45 @@ export interface StartClusterOptions {
   hostHba?: string[];
   /** Files written into the data directory before the server starts (mode 0600, owned by the server's user): certificates and keys. */
   dataFiles?: Record<string, string | Buffer>;
+  /** Which pg_background to install (default: from the environment, see pgBackgroundChoiceFromEnv). */
+  pgBackground?: PgBackgroundChoice;
+}
+
+/**
+ * The names of the handle-based (pid, cookie) pg_background API on a cluster, for tests that
+ * call the extension directly: 2.x gives the unsuffixed names to it (its `_v2` names are
+ * deprecated aliases that 3.0 drops, and `pg_background_wait_v2_timeout` is gone); 1.6-1.10 and
+ * the stand-in have the `_v2` names. `wait` takes (pid, cookie, timeout_ms) and returns whether
+ * the worker stopped; on 2.x a timeout <= 0 blocks for ever, so pass a positive one.
+ */
+export interface PgBackgroundNames {
+  launch: string;
+  submit: string;
+  result: string;
+  detach: string;
+  cancel: string;
+  wait: string;
+}
+
+export function pgBackgroundNames(c: Pick<ClusterInfo, 'extVersion'>): PgBackgroundNames {
+  if (/^[2-9]\./.test(c.extVersion)) {
+    return {
+      launch: 'pg_background_launch',
+      submit: 'pg_background_submit',
+      result: 'pg_background_result',
+      detach: 'pg_background_detach',
+      cancel: 'pg_background_cancel',
+      wait: 'pg_background_wait',
+    };
+  }
+  return {
+    launch: 'pg_background_launch_v2',
+    submit: 'pg_background_submit_v2',
+    result: 'pg_background_result_v2',
+    detach: 'pg_background_detach_v2',
+    cancel: 'pg_background_cancel_v2',
+    wait: 'pg_background_wait_v2_timeout',
+  };
 }
 
 /** Plain data describing a running cluster; safe to pass between processes. */
@@ -64,6 +130,8 @@ export interface ClusterInfo {
   pgBackground: PgBackgroundKind;
   /** pg_extension.extversion of the real extension, or the API version the stand-in mirrors ('1.8'). */
   extVersion: string;
+  /** What was asked for (PGBG_TEST_PG_BACKGROUND or the option); `auto` picks by what the server has. */
+  requested: PgBackgroundChoice;
   /** OS user the server runs as (null: the test process's own user). */
   osUser: string | null;
 }
@@ -321,6 +389,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
     logFile,
     pgBackground: 'standin',
     extVersion: '',
+    requested: opts.standin ? 'standin' : (opts.pgBackground ?? pgBackgroundChoiceFromEnv()),
     osUser,
   };
   live.add(info);
@@ -334,7 +403,7 @@ export async function startCluster(opts: StartClusterOptions = {}): Promise<Clus
       if (info.osUser !== null) spawnSync('chown', [info.osUser, file]);
     }
     await startServer(info, opts.settings ?? {});
-    await bootstrap(info, opts.standin ?? process.env.PGBG_TEST_STANDIN === '1');
+    await bootstrap(info);
   } catch (err) {
     stopSync(info);
     throw err;
@@ -428,7 +497,16 @@ async function withSuper<T>(info: ClusterInfo, database: string, fn: (c: pg.Clie
   }
 }
 
-async function bootstrap(info: ClusterInfo, forceStandin: boolean): Promise<void> {
+/** Versions of the real extension this server can install (pg_available_extension_versions). */
+async function availableVersions(info: ClusterInfo): Promise<{ versions: string[]; defaultVersion: string | null }> {
+  return withSuper(info, TEMPLATE_DATABASE, async (c) => {
+    const v = await c.query<{ version: string }>(`SELECT version FROM pg_available_extension_versions WHERE name = 'pg_background'`);
+    const d = await c.query<{ default_version: string }>(`SELECT default_version FROM pg_available_extensions WHERE name = 'pg_background'`);
+    return { versions: v.rows.map((r) => r.version), defaultVersion: d.rows[0]?.default_version ?? null };
+  });
+}
+
+async function bootstrap(info: ClusterInfo): Promise<void> {
   try {
     await withSuper(info, 'postgres', async (c) => {
       await c.query(`ALTER ROLE postgres PASSWORD ${quoteLiteral(ROLE_PASSWORDS.postgres!)}`);
@@ -441,17 +519,29 @@ async function bootstrap(info: ClusterInfo, forceStandin: boolean): Promise<void
       await c.query(`CREATE DATABASE ${TEMPLATE_DATABASE} OWNER postgres`);
     });
 
-    const realAvailable = await withSuper(info, TEMPLATE_DATABASE, async (c) => {
-      const r = await c.query(`SELECT 1 FROM pg_available_extensions WHERE name = 'pg_background'`);
-      return r.rowCount === 1;
-    });
-    const useReal = realAvailable && !forceStandin;
+    const { versions, defaultVersion } = await availableVersions(info);
+    // The one version of the real extension to install, or null for the stand-in.
+    let version: string | null;
+    if (info.requested === 'standin') version = null;
+    else if (info.requested === 'auto') version = defaultVersion;
+    else if (versions.includes(info.requested)) version = info.requested;
+    else {
+      throw new ClusterError(
+        `PostgreSQL test cluster: pg_background ${info.requested} was asked for (PGBG_TEST_PG_BACKGROUND) but this server offers ` +
+          `${versions.length ? versions.join(', ') : 'no pg_background'}; install it with ../shared/tools/install-pg-background, ` +
+          'or run with PGBG_TEST_PG_BACKGROUND=standin',
+      );
+    }
+    const useReal = version !== null;
     const standinSql = useReal ? '' : await fs.readFile(STANDIN_SQL_PATH, 'utf8');
 
+    // Only app_template gets pg_background, and every database the tests use is cloned from it
+    // (createDatabase()); template1 and postgres stay without it. One database holds one version
+    // (a backend can load only one of the 1.8 and 2.0 libraries), so the whole run uses one.
     await withSuper(info, TEMPLATE_DATABASE, async (c) => {
       await c.query(`GRANT ALL ON SCHEMA public TO PUBLIC`);
       if (useReal) {
-        await c.query(`CREATE EXTENSION pg_background`);
+        await c.query(`CREATE EXTENSION pg_background VERSION ${quoteLiteral(version!)}`);
         const r = await c.query<{ extversion: string }>(`SELECT extversion FROM pg_extension WHERE extname = 'pg_background'`);
         info.extVersion = r.rows[0]!.extversion;
         info.pgBackground = 'real';
@@ -552,6 +642,6 @@ export function clusterFromInfo(info: ClusterInfo): Cluster {
 
 /** The plain-data part of a Cluster. */
 export function clusterInfo(cluster: Cluster): ClusterInfo {
-  const { host, port, socketDir, dataDir, baseDir, binDir, logFile, pgBackground, extVersion, osUser } = cluster;
-  return { host, port, socketDir, dataDir, baseDir, binDir, logFile, pgBackground, extVersion, osUser };
+  const { host, port, socketDir, dataDir, baseDir, binDir, logFile, pgBackground, extVersion, requested, osUser } = cluster;
+  return { host, port, socketDir, dataDir, baseDir, binDir, logFile, pgBackground, extVersion, requested, osUser };
 }

@@ -25,12 +25,17 @@ function migration(version: number, file: string, description: string): Registry
   return { version, file, description, sql: migrationSql(file) };
 }
 
-/** Every registry version, in order. Append; never edit a released one. */
+/**
+ * Every registry version, in ascending order. Append; never edit a released one. Versions may
+ * have gaps (numbers are reserved per change); migrate() applies each one above the installed
+ * version, in this order.
+ */
 export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(1, '001-registry.sql', 'job registry: pgbg.job, pgbg.job_result, pgbg.jobs, functions, RLS'),
   migration(2, '002-progress.sql', 'progress of running jobs in pgbg.jobs (wait event, phase, percent done)'),
   migration(3, '003-privilege.sql', 'no privilege escape: verified worker pids, per-role notification channels, private per-role counts, no direct INSERT'),
   migration(4, '004-fair-queue.sql', 'fair queue: round-robin between roles, per-role queue bound, options validated at submission, permanent launch failures end the job'),
+  migration(5, '005-pg-background-api.sql', 'pg_background 1.3 (v1), 1.6-1.10 (_v2 names) and 2.x (unsuffixed handle API), chosen by which functions exist'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
