@@ -20,6 +20,7 @@ import { readinessCheck } from './metrics/readiness.js';
 import { AdminConsole } from './admin/admin-console.js';
 import { createAdminControls } from './admin/controls.js';
 import { PauseSwitch } from './admin/pause-switch.js';
+import type { ClusterLink } from './supervisor/cluster-link.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -39,6 +40,11 @@ export interface StartOptions {
   log?: Logger;
   /** Reads the configuration sources again; the admin console's RELOAD uses it as SIGHUP does. */
   reread?: () => ProxyConfig;
+  /**
+   * Set in a worker of a supervisor (workers > 1, src/supervisor/): the metrics endpoint, the
+   * reconciler, job metrics, migration and PAUSE state exist once, in the supervisor.
+   */
+  cluster?: ClusterLink;
 }
 
 function routerFor(config: ProxyConfig): StatementRouter {
@@ -49,17 +55,18 @@ function routerFor(config: ProxyConfig): StatementRouter {
 export async function startProxy(config: ProxyConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const log = options.log ?? createLogger(config.log);
   if (config.jobs.enabled) await loadSqlParser();
-  if (config.jobs.migrateOnStart) await migrateRegistry(config, log);
+  const inCluster = options.cluster !== undefined;
+  if (config.jobs.migrateOnStart && !inCluster) await migrateRegistry(config, log);
   let router = routerFor(config);
-  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout) : null;
+  const reconciler = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout) : null;
   reconciler?.start();
   let current = config;
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
-  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
+  const jobMetrics = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout) : null;
   const pause = new PauseSwitch();
-  pause.exportTo(metrics.registry);
-  const controls = createAdminControls({
+  if (!inCluster) pause.exportTo(metrics.registry);
+  const localControls = createAdminControls({
     current: () => current,
     reread: options.reread,
     apply: (next) => running.reload(next),
@@ -67,6 +74,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     sessions: () => listener.sessions,
     registry: metrics.registry,
   });
+  const controls = options.cluster ? options.cluster.controls(localControls) : localControls;
   const adminConsole = new AdminConsole({ controls, log });
   const listener = await startListener(config, {
     log,
@@ -74,9 +82,10 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, schedulingPolicy(() => current)) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
+    cancelElsewhere: options.cluster?.cancelElsewhere,
   });
   sessionCount = () => listener.sessions.size;
-  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current), log) : null;
+  const http = config.metricsListen && !inCluster ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current), log) : null;
   const running: RunningProxy = {
     address: listener.address,
     listener,
@@ -102,7 +111,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   return running;
 }
 
-function packageVersion(): string {
+export function packageVersion(): string {
   try {
     return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
   } catch {
@@ -111,7 +120,7 @@ function packageVersion(): string {
 }
 
 /** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */
-async function migrateRegistry(config: ProxyConfig, log: Logger): Promise<void> {
+export async function migrateRegistry(config: ProxyConfig, log: Logger): Promise<void> {
   if (!config.jobs.registryUrl) throw new Error('jobs.migrateOnStart needs jobs.registryUrl (or PGBG_REGISTRY_URL)');
   const client = new pg.Client({ connectionString: config.jobs.registryUrl, application_name: 'pgbg-proxy migrate' });
   await client.connect();

@@ -1,5 +1,6 @@
+import cluster from 'node:cluster';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, inFlightValue, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
+import { ConfigError, inFlightValue, loadRawConfig, overridesFromEnv, validateConfig, workersValue, type ConfigOverrides } from '../config/load.js';
 
 interface Command {
   summary: string;
@@ -15,6 +16,7 @@ const configOptions = {
   'metrics-listen': { type: 'string' },
   'log-level': { type: 'string' },
   'max-in-flight': { type: 'string' },
+  workers: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -22,7 +24,8 @@ export const commands: Record<string, Command> = {
   start: {
     summary: 'run the proxy',
     usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--upstream HOST:PORT]
-                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N] [--migrate]
+                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N]
+                 [--workers N|auto] [--migrate]
 
   --config FILE            YAML configuration (see config/pgbg-proxy.yaml)
   --listen HOST:PORT       where clients connect (default 127.0.0.1:6432)
@@ -31,14 +34,22 @@ export const commands: Record<string, Command> = {
   --log-level LEVEL        fatal, error, warn, info, debug, trace, silent
   --max-in-flight N        background jobs running on the server at once; more wait queued
                            (a number, auto = from max_worker_processes, or unlimited)
+  --workers N|auto         relay processes sharing the listening address (default 1; auto =
+                           the cores available); see "Workers" in the README
   --migrate                create or upgrade the pgbg schema (jobs.registryUrl) before serving
 Environment: PGBG_LISTEN, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
-PGBG_MAX_IN_FLIGHT.
+PGBG_MAX_IN_FLIGHT, PGBG_WORKERS.
 Flags win over environment variables, which win over the file.
-Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
+Signals: SIGHUP reloads the file; SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.
+With workers > 1 send them to the supervisor (the process started); it passes them on.`,
     options: { ...configOptions, migrate: { type: 'boolean' } },
     // Commands load their modules on use, so --help and check-config start fast.
-    run: async (v) => (await import('./start.js')).runStart(configFrom(v), () => configFrom(v)),
+    run: async (v) => {
+      // A cluster worker runs this same command line; it takes its configuration from the
+      // supervisor over IPC instead of reading the sources itself (src/supervisor/worker.ts).
+      if (cluster.isWorker) return (await import('../supervisor/worker.js')).runWorker();
+      return (await import('./start.js')).runStart(configFrom(v), () => configFrom(v), () => rawConfigFrom(v));
+    },
   },
   'check-config': {
     summary: 'validate a configuration file and its rules, then exit',
@@ -61,6 +72,10 @@ Idempotent: running it again on a current registry changes nothing.`,
 };
 
 function configFrom(values: Record<string, string | boolean | undefined>) {
+  return validateConfig(rawConfigFrom(values), (values.config as string | undefined) ?? 'configuration');
+}
+
+function rawConfigFrom(values: Record<string, string | boolean | undefined>) {
   const flags: ConfigOverrides = {
     listen: values.listen as string | undefined,
     upstream: values.upstream as string | undefined,
@@ -68,8 +83,9 @@ function configFrom(values: Record<string, string | boolean | undefined>) {
     logLevel: values['log-level'] as string | undefined,
     migrateOnStart: values.migrate === true ? true : undefined,
     maxInFlight: values['max-in-flight'] !== undefined ? inFlightValue(values['max-in-flight'] as string) : undefined,
+    workers: values.workers !== undefined ? workersValue(values.workers as string) : undefined,
   };
-  return loadConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
+  return loadRawConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
 }
 
 function help(): string {

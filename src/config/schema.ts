@@ -117,6 +117,12 @@ export const ruleSchema = z
 export const configSchema = z
   .object({
     listen: hostPort.default({ host: '127.0.0.1', port: 6432 }),
+    /**
+     * Relay processes behind the listening address (src/supervisor/): 1 runs everything in one
+     * process; N > 1 forks N workers under a supervisor; "auto" = os.availableParallelism().
+     * Read at start only (a reload cannot change it).
+     */
+    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
     upstream: z
       .object({
         host: z.string().default('127.0.0.1'),

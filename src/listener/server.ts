@@ -21,11 +21,18 @@ export interface ProxyParts {
   jobs?: JobSubmitter | null;
   observer?: SessionObserver;
   adminConsole?: AdminConsoleHandler;
+  /**
+   * Workers > 1: a CancelRequest whose key no session of this process holds is handed on
+   * (src/supervisor/cancel-relay.ts), since the connection it cancels may live in another worker.
+   */
+  cancelElsewhere?: (pid: number, key: number) => void;
 }
 
 export interface RunningListener {
   readonly address: { host: string; port: number };
   readonly sessions: ReadonlySet<ClientSession>;
+  /** Cancels what the session holding this key runs, in this process only; false if none holds it. */
+  cancel(pid: number, key: number): boolean;
   /** Applies what can change without a restart (limits, timeouts, rules via the router). */
   reload(config: ProxyConfig): void;
   /** Stops accepting, lets sessions go idle up to graceMs, then closes the rest. */
@@ -65,7 +72,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
       .then((outcome) => {
         if (outcome.kind === 'cancel') {
           // Nothing is sent back to a CancelRequest, matched or not, as with PostgreSQL.
-          cancelKeys.cancel(outcome.pid, outcome.key);
+          if (!cancelKeys.cancel(outcome.pid, outcome.key)) parts.cancelElsewhere?.(outcome.pid, outcome.key);
           socket.end();
           return;
         }
@@ -127,6 +134,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   return {
     address: { host: addr.address, port: addr.port },
     sessions,
+    cancel: (pid, key) => cancelKeys.cancel(pid, key),
     reload(next) {
       config = next;
       settings = sessionSettings(next);
