@@ -66,9 +66,10 @@ export async function runWorker(): Promise<number> {
         rpc.close('worker stopped');
         // Disconnecting marks this exit as intended, so the supervisor does not replace it.
         if (cluster.worker?.isConnected()) cluster.worker.disconnect();
-        // Anything left holding the event loop (a socket in its last close) must not keep
-        // the process: the supervisor waits for it to exit.
-        setTimeout(() => process.exit(0), 2000).unref();
+        // Anything left holding the event loop (an idle registry connection, a socket in its
+        // last close) must not keep the process: the supervisor waits for it to exit. Logs are
+        // written synchronously, so nothing is lost.
+        setTimeout(() => process.exit(0), 100).unref();
         resolve(0);
       });
     };
