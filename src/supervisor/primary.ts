@@ -95,6 +95,11 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
   const aggregate = async (): Promise<Registry> => {
     const parts = await askAll<MetricSnapshot[]>('metrics');
     parts.push((await metrics.registry.getMetricsAsJSON()) as unknown as MetricSnapshot[]);
+    // prom-client omits the start time from aggregates; the earliest start (the supervisor's)
+    // keeps the metric there under its usual name.
+    for (const part of parts) {
+      for (const m of part as (MetricSnapshot & { aggregator?: string })[]) if (m.name.endsWith('process_start_time_seconds')) m.aggregator = 'min';
+    }
     return AggregatorRegistry.aggregate(parts as unknown as Parameters<typeof AggregatorRegistry.aggregate>[0]);
   };
 

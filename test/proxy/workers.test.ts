@@ -230,6 +230,9 @@ describe('workers: 2', () => {
     expect(rows.size).toBeGreaterThanOrEqual(4);
     expect(metricValue(text, 'pgbg_build_info')).toEqual([1]);
     expect(metricValue(text, 'pgbg_launching_paused')).toEqual([0]);
+    // process metrics: CPU summed over the processes, the start time the earliest (once)
+    expect(metricValue(text, 'pgbg_proxy_process_start_time_seconds')).toHaveLength(1);
+    expect(metricValue(text, 'pgbg_proxy_process_cpu_seconds_total')[0]).toBeGreaterThan(0);
     expect(text.match(/^# TYPE pgbg_statements_total counter$/gm)).toHaveLength(1);
     const forwarded = metricValue(text, 'pgbg_statements_total{action="forwarded"}')[0] ?? -1;
     for (const c of clients) await c.query('SELECT 2');
