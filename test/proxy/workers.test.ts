@@ -234,6 +234,9 @@ describe('workers: 2', () => {
     expect(metricValue(text, 'pgbg_proxy_process_start_time_seconds')).toHaveLength(1);
     expect(metricValue(text, 'pgbg_proxy_process_cpu_seconds_total')[0]).toBeGreaterThan(0);
     expect(text.match(/^# TYPE pgbg_statements_total counter$/gm)).toHaveLength(1);
+    // SHOW STATS (in whichever worker the console landed on) shows the same sums
+    const stats = await admin.query('SHOW STATS');
+    expect(stats.rows.find((row) => row.stat === 'pgbg_client_connections')?.value).toBe(rows.size);
     const forwarded = metricValue(text, 'pgbg_statements_total{action="forwarded"}')[0] ?? -1;
     for (const c of clients) await c.query('SELECT 2');
     const after = await metricsText(sup);
