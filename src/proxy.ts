@@ -11,8 +11,8 @@ import { schedulingPolicy } from './jobs/scheduling-policy.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
-import { readFileSync } from 'node:fs';
 import { ProxyMetrics } from './metrics/proxy-metrics.js';
+import { packageVersion } from './metrics/package-version.js';
 import { JobMetrics } from './metrics/job-metrics.js';
 import { startMetricsServer } from './metrics/http-server.js';
 import { cachedExposition } from './metrics/exposition-cache.js';
@@ -109,14 +109,6 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     },
   };
   return running;
-}
-
-export function packageVersion(): string {
-  try {
-    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
-  } catch {
-    return 'unknown';
-  }
 }
 
 /** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */

@@ -1,7 +1,6 @@
 import type { ProxyConfig } from '../config/schema.js';
 import { ConfigError, validateConfig } from '../config/load.js';
 import { workerCount } from '../supervisor/worker-count.js';
-import { startProxy } from '../proxy.js';
 
 /**
  * `pgbg-proxy start`: runs until SIGTERM/SIGINT (graceful drain) and reloads on SIGHUP.
@@ -14,6 +13,8 @@ export async function runStart(config: ProxyConfig, reread?: () => ProxyConfig, 
     const raw = rereadRaw();
     return (await import('../supervisor/primary.js')).runPrimary(validateConfig(raw), raw, workers, rereadRaw);
   }
+  // Loaded here, not at the top: a supervisor (above) relays nothing and does without it.
+  const { startProxy } = await import('../proxy.js');
   const proxy = await startProxy(config, { reread });
   const log = proxy.log;
   return await new Promise<number>((resolve) => {

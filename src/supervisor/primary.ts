@@ -5,7 +5,7 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/schema.js';
 import { ConfigError, validateConfig } from '../config/load.js';
 import { createLogger } from '../log/logger.js';
-import { migrateRegistry, packageVersion } from '../proxy.js';
+import { packageVersion } from '../metrics/package-version.js';
 import { ProxyMetrics } from '../metrics/proxy-metrics.js';
 import { JobMetrics } from '../metrics/job-metrics.js';
 import { startMetricsServer } from '../metrics/http-server.js';
@@ -56,7 +56,9 @@ interface WorkerEntry {
  */
 export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, count: number, rereadRaw: () => RawConfig): Promise<number> {
   const log: Logger = createLogger(initial.log).child({ supervisor: true });
-  if (initial.jobs.migrateOnStart) await migrateRegistry(initial, log);
+  // proxy.js (and the SQL parser it loads) is imported only for this: the supervisor relays
+  // nothing, and stays lighter without it.
+  if (initial.jobs.migrateOnStart) await (await import('../proxy.js')).migrateRegistry(initial, log);
   let current = initial;
   // Every worker (replacements too) must listen on the same port: port 0 is turned into a
   // concrete free port once, here. The listening address does not change on reload.
