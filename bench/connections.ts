@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { median, percentile } from './stats.js';
-import { sleep } from './procs.js';
+import { processTree, sleep } from './procs.js';
 
 export interface IdleSessionResult {
   name: string;
@@ -21,15 +21,23 @@ export interface IdleSessionResult {
   kibPerSession: number;
 }
 
-/** Resident set of a process (VmRSS), MiB; NaN when it cannot be read. */
+/**
+ * Resident set (VmRSS) of a process and its descendants (with BENCH_WORKERS > 1: the proxy's
+ * supervisor and its workers), MiB; NaN when the process itself cannot be read.
+ */
 export function rssMiB(pid: number | null | undefined): number {
   if (!pid) return NaN;
-  try {
-    const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
+  let total = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
+      if (m) total += Number(m[1]) / 1024;
+      else if (p === pid) return NaN;
+    } catch {
+      if (p === pid) return NaN;
+    }
   }
+  return total;
 }
 
 export async function measureIdleSessions(

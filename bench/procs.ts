@@ -4,15 +4,55 @@
  * them in order; a detached watchdog stops them too if the benchmark itself is killed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { promises as fs, openSync, closeSync, readFileSync, existsSync } from 'node:fs';
+import { promises as fs, openSync, closeSync, readFileSync, readdirSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { onCleanup } from './cleanup.js';
 
-/** CPU seconds (user + system) a process has used so far, from /proc; NaN when unavailable. */
+/**
+ * The process and every process below it: with BENCH_WORKERS > 1 the proxy is a supervisor
+ * whose cluster workers do the relaying, and what the proxy costs is what all of them use.
+ */
+export function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    let tasks: string[] = [];
+    try {
+      tasks = readdirSync(`/proc/${out[i]}/task`);
+    } catch {
+      continue;
+    }
+    for (const task of tasks) {
+      try {
+        for (const child of readFileSync(`/proc/${out[i]}/task/${task}/children`, 'utf8').trim().split(/\s+/)) {
+          if (child && !out.includes(Number(child))) out.push(Number(child));
+        }
+      } catch {
+        /* task gone meanwhile */
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU seconds (user + system) a process and its descendants (processTree) have used so far,
+ * from /proc; NaN when unavailable.
+ */
 export function cpuSeconds(pid: number | null | undefined): number {
   if (!pid) return NaN;
+  const tree = processTree(pid);
+  let total = 0;
+  for (const p of tree) {
+    const own = ownCpuSeconds(p);
+    if (Number.isFinite(own)) total += own;
+    else if (p === pid) return NaN;
+  }
+  return total;
+}
+
+function ownCpuSeconds(pid: number): number {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -282,6 +322,8 @@ export async function startProxyProcess(opts: {
   env?: Record<string, string>;
   /** YAML written to a file next to the log and passed as --config. */
   configYaml?: string;
+  /** --workers: relay processes under a supervisor (1: one process, as without the flag). */
+  workers?: number;
 }): Promise<ProxyProcess> {
   const args = [
     path.join(opts.repoDir, 'bin/pgbg-proxy.js'),
@@ -292,6 +334,8 @@ export async function startProxyProcess(opts: {
     `${opts.upstreamHost}:${opts.upstreamPort}`,
     '--log-level',
     'warn',
+    '--workers',
+    String(opts.workers ?? 1),
   ];
   if (opts.metricsPort !== null) args.push('--metrics-listen', `127.0.0.1:${opts.metricsPort}`);
   if (opts.configYaml !== undefined) {

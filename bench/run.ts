@@ -29,6 +29,8 @@
  * BENCH_MAX_WORKER_PROCESSES (the harness's 24), BENCH_PGBOUNCER (/usr/sbin/pgbouncer),
  * BENCH_LATENCY_ROUNDS (5, quick 2), BENCH_LATENCY_QUERIES (2000 per target and round, quick 300),
  * BENCH_IDLE_CLIENTS (2000, quick 200; 0 skips part 5),
+ * BENCH_WORKERS (1: --workers for the proxy; its CPU and memory are then those of the supervisor
+ * and all its workers together),
  * BENCH_OUT (bench/results/latest.json; the proxy's log goes next to it as proxy.log).
  * Everything it starts (cluster, PgBouncer, proxy) is stopped on exit, on error and on Ctrl-C.
  */
@@ -84,6 +86,7 @@ const cfg = {
   latencyRounds: intEnv('BENCH_LATENCY_ROUNDS', quick ? 2 : 5),
   latencyQueries: intEnv('BENCH_LATENCY_QUERIES', quick ? 300 : 2000),
   idleClients: intEnv('BENCH_IDLE_CLIENTS', quick ? 200 : 2000),
+  workers: intEnv('BENCH_WORKERS', 1),
   out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
   tls: process.env.BENCH_TLS !== '0',
   tlsModes: (process.env.BENCH_TLS_MODES ?? 'simple').split(',').map((m) => m.trim()).filter(Boolean) as PgbenchMode[],
@@ -263,8 +266,9 @@ async function main(): Promise<number> {
     // The registry connection serves job metrics at scrape time and reconciliation, as in production.
     env: migrated ? { PGBG_REGISTRY_URL: registryUrl } : {},
     configYaml: `limits:\n  maxClients: ${Math.max(1000, cfg.idleClients + 100)}\n`,
+    workers: cfg.workers,
   });
-  log(`proxy: 127.0.0.1:${proxy.port} (metrics 127.0.0.1:${proxy.metricsPort})${migrated ? ', jobs.registryUrl = the benchmark database' : ''}`);
+  log(`proxy: 127.0.0.1:${proxy.port} (metrics 127.0.0.1:${proxy.metricsPort}), ${cfg.workers} worker${cfg.workers === 1 ? '' : 's'}${migrated ? ', jobs.registryUrl = the benchmark database' : ''}`);
 
   // ---- PgBouncer ----------------------------------------------------------------------------
   let bouncer: Bouncer | null = null;

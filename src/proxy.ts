@@ -11,8 +11,8 @@ import { schedulingPolicy } from './jobs/scheduling-policy.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
-import { readFileSync } from 'node:fs';
 import { ProxyMetrics } from './metrics/proxy-metrics.js';
+import { packageVersion } from './metrics/package-version.js';
 import { JobMetrics } from './metrics/job-metrics.js';
 import { startMetricsServer } from './metrics/http-server.js';
 import { cachedExposition } from './metrics/exposition-cache.js';
@@ -22,6 +22,7 @@ import { createAdminControls } from './admin/controls.js';
 import { PauseSwitch } from './admin/pause-switch.js';
 import { connectPgClient, UpstreamTlsState } from './tls/upstream-tls.js';
 import { ClientTls } from './tls/client-tls.js';
+import type { ClusterLink } from './supervisor/cluster-link.js';
 
 /** A running pgbg-proxy: the listener and whatever runs beside it. */
 export interface RunningProxy {
@@ -41,6 +42,11 @@ export interface StartOptions {
   log?: Logger;
   /** Reads the configuration sources again; the admin console's RELOAD uses it as SIGHUP does. */
   reread?: () => ProxyConfig;
+  /**
+   * Set in a worker of a supervisor (workers > 1, src/supervisor/): the metrics endpoint, the
+   * reconciler, job metrics, migration and PAUSE state exist once, in the supervisor.
+   */
+  cluster?: ClusterLink;
 }
 
 function routerFor(config: ProxyConfig): StatementRouter {
@@ -56,17 +62,19 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const upstreamTls = new UpstreamTlsState(config.tls.server, log);
   const clientTls = new ClientTls(config.tls.client, log);
   const serverTls = () => upstreamTls.current;
-  if (config.jobs.migrateOnStart) await migrateRegistry(config, log, upstreamTls);
+  // Under a supervisor (workers > 1) it migrates, reconciles and serves /metrics, once.
+  const inCluster = options.cluster !== undefined;
+  if (config.jobs.migrateOnStart && !inCluster) await migrateRegistry(config, log, upstreamTls);
   let router = routerFor(config);
-  const reconciler = config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout, serverTls) : null;
+  const reconciler = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout, serverTls) : null;
   reconciler?.start();
   let current = config;
   let sessionCount = () => 0;
   const metrics = new ProxyMetrics(packageVersion(), () => sessionCount());
-  const jobMetrics = config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout, serverTls) : null;
+  const jobMetrics = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new JobMetrics(config.jobs.registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, config.upstream.connectTimeout, serverTls) : null;
   const pause = new PauseSwitch();
-  pause.exportTo(metrics.registry);
-  const controls = createAdminControls({
+  if (!inCluster) pause.exportTo(metrics.registry);
+  const localControls = createAdminControls({
     current: () => current,
     reread: options.reread,
     apply: (next) => running.reload(next),
@@ -74,6 +82,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     sessions: () => listener.sessions,
     registry: metrics.registry,
   });
+  const controls = options.cluster ? options.cluster.controls(localControls) : localControls;
   const adminConsole = new AdminConsole({ controls, log, upstreamTls: serverTls });
   const listener = await startListener(config, {
     log,
@@ -83,9 +92,10 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     adminConsole: adminConsole.handler,
     upstreamTls,
     clientTls,
+    cancelElsewhere: options.cluster?.cancelElsewhere,
   });
   sessionCount = () => listener.sessions.size;
-  const http = config.metricsListen ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current, serverTls), log) : null;
+  const http = config.metricsListen && !inCluster ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current, serverTls), log) : null;
   const running: RunningProxy = {
     address: listener.address,
     listener,
@@ -112,16 +122,8 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   return running;
 }
 
-function packageVersion(): string {
-  try {
-    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
-  } catch {
-    return 'unknown';
-  }
-}
-
 /** `start --migrate`: the registry database named by jobs.registryUrl gets the current schema. */
-async function migrateRegistry(config: ProxyConfig, log: Logger, tls: UpstreamTlsState): Promise<void> {
+export async function migrateRegistry(config: ProxyConfig, log: Logger, tls: UpstreamTlsState): Promise<void> {
   const url = config.jobs.registryUrl;
   if (!url) throw new Error('jobs.migrateOnStart needs jobs.registryUrl (or PGBG_REGISTRY_URL)');
   const client = await connectPgClient(url, tls.current, (ssl) => new pg.Client({ connectionString: url, application_name: 'pgbg-proxy migrate', ssl }));

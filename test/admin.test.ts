@@ -162,9 +162,9 @@ describe('commands', () => {
     try {
       await alice.query('BEGIN');
       const r = await admin.query('SHOW CLIENTS');
-      expect(r.fields.map((f) => f.name)).toEqual(['id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle', 'adopted', 'pending_jobs']);
+      expect(r.fields.map((f) => f.name)).toEqual(['id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle', 'adopted', 'pending_jobs', 'worker']);
       const client = r.rows.find((row) => row.kind === 'client' && row.user === 'alice');
-      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, pending_jobs: 0 });
+      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, pending_jobs: 0, worker: process.pid });
       expect(new Date(client.started_at).getTime()).toBeGreaterThan(Date.now() - 60_000);
       expect(r.rows.find((row) => row.kind === 'admin')).toMatchObject({ user: 'postgres', database: 'pgbg', application_name: 'admin-test' });
     } finally {

@@ -43,7 +43,7 @@ export interface AdminCommand {
 const RESULT_COLUMNS = columns('result');
 const HELP_COLUMNS = columns('command', 'description');
 const RULE_COLUMNS = columns('name', 'action', 'kinds', 'pattern', 'databases', 'users', 'application_names', 'timeout', 'priority:int4');
-const CLIENT_COLUMNS = columns('id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle:bool', 'adopted:bool', 'pending_jobs:int4');
+const CLIENT_COLUMNS = columns('id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle:bool', 'adopted:bool', 'pending_jobs:int4', 'worker:int4');
 const STATS_COLUMNS = columns('stat', 'labels', 'value:float8');
 const CONFIG_COLUMNS = columns('key', 'value');
 const CANCEL_COLUMNS = columns('cancelled:bool');
@@ -75,7 +75,7 @@ export const COMMANDS: readonly AdminCommand[] = [
     description: 'client sessions, and admin console sessions',
     pattern: /^SHOW\s+CLIENTS$/i,
     columns: CLIENT_COLUMNS,
-    run: (ctx) => ({ columns: CLIENT_COLUMNS, rows: clientRows(ctx), tag: 'SHOW' }),
+    run: async (ctx) => ({ columns: CLIENT_COLUMNS, rows: await clientRows(ctx), tag: 'SHOW' }),
   },
   {
     syntax: 'SHOW STATS',
@@ -103,10 +103,10 @@ export const COMMANDS: readonly AdminCommand[] = [
     description: 'read the configuration again and apply it, like SIGHUP',
     pattern: /^RELOAD$/i,
     columns: RESULT_COLUMNS,
-    run: (ctx) => {
+    run: async (ctx) => {
       let outcome: string;
       try {
-        outcome = ctx.controls.reload();
+        outcome = await ctx.controls.reload();
       } catch (err) {
         ctx.log.warn({ session: ctx.sessionId, user: ctx.identity.user, err: (err as Error).message }, 'admin console: RELOAD refused');
         throw new PgError('F0000', 'RELOAD refused: the configuration is invalid; the running configuration is unchanged', (err as Error).message);
@@ -120,8 +120,8 @@ export const COMMANDS: readonly AdminCommand[] = [
     description: 'stop launching new jobs (running jobs go on)',
     pattern: /^PAUSE$/i,
     columns: RESULT_COLUMNS,
-    run: (ctx) => {
-      const changed = ctx.controls.pause();
+    run: async (ctx) => {
+      const changed = await ctx.controls.pause();
       if (changed) ctx.log.warn({ session: ctx.sessionId, user: ctx.identity.user }, 'admin console: launching of new jobs paused');
       return message('PAUSE', changed ? 'OK: launching of new jobs is paused' : 'OK: launching of new jobs was already paused');
     },
@@ -131,8 +131,8 @@ export const COMMANDS: readonly AdminCommand[] = [
     description: 'launch new jobs again after PAUSE',
     pattern: /^RESUME$/i,
     columns: RESULT_COLUMNS,
-    run: (ctx) => {
-      const changed = ctx.controls.resume();
+    run: async (ctx) => {
+      const changed = await ctx.controls.resume();
       if (changed) ctx.log.info({ session: ctx.sessionId, user: ctx.identity.user }, 'admin console: launching of new jobs resumed');
       return message('RESUME', changed ? 'OK: launching of new jobs resumed' : 'OK: launching of new jobs was not paused');
     },
@@ -218,14 +218,14 @@ function ruleRow(rule: Rule): Cell[] {
   ];
 }
 
-function clientRows(ctx: CommandContext): Cell[][] {
+async function clientRows(ctx: CommandContext): Promise<Cell[][]> {
   const rows: Cell[][] = [];
-  for (const s of ctx.controls.sessions()) {
-    rows.push([s.id, 'client', s.user, s.database, s.applicationName, new Date(s.startedAt).toISOString(), s.txStatus, s.idle, s.adopted, s.pendingJobCount]);
+  for (const s of await ctx.controls.sessions()) {
+    rows.push([s.id, 'client', s.user, s.database, s.applicationName, new Date(s.startedAt).toISOString(), s.txStatus, s.idle, s.adopted, s.pendingJobCount, s.worker ?? process.pid]);
   }
   const adminDb = ctx.controls.config().admin.database;
   for (const s of ctx.consoleSessions()) {
-    rows.push([s.id, 'admin', s.user, adminDb, s.applicationName, new Date(s.startedAt).toISOString(), 'I', !s.busy, false, 0]);
+    rows.push([s.id, 'admin', s.user, adminDb, s.applicationName, new Date(s.startedAt).toISOString(), 'I', !s.busy, false, 0, process.pid]);
   }
   return rows;
 }

@@ -14,6 +14,8 @@ export interface ClientSessionInfo {
   readonly adopted: boolean;
   /** Jobs the session still launches, retries or supervises. */
   readonly pendingJobCount: number;
+  /** Process id of the relay process serving it (with workers > 1, one of the workers). */
+  readonly worker?: number;
 }
 
 /** One metric as prom-client's registry.getMetricsAsJSON() gives it (the part SHOW STATS reads). */
@@ -27,17 +29,20 @@ export interface MetricSnapshot {
  * reference to the proxy's parts, only to this, so what an operator can do is listed here.
  */
 export interface AdminControls {
-  /** Re-reads and applies the configuration like SIGHUP; returns what happened, throws if refused. */
-  reload(): string;
+  /**
+   * Re-reads and applies the configuration like SIGHUP; returns what happened, throws if refused.
+   * Asynchronous where a supervisor does it for every worker (src/supervisor/).
+   */
+  reload(): string | Promise<string>;
   /** Stops launching new jobs; false if it already was paused. */
-  pause(): boolean;
+  pause(): boolean | Promise<boolean>;
   /** Launches new jobs again; false if it was not paused. */
-  resume(): boolean;
+  resume(): boolean | Promise<boolean>;
   readonly paused: boolean;
   /** The configuration in effect. */
   config(): ProxyConfig;
-  /** Client sessions of the listener (the console's own sessions are not among them). */
-  sessions(): Iterable<ClientSessionInfo>;
+  /** Client sessions of the listener, or of every worker (the console's own sessions are not among them). */
+  sessions(): Iterable<ClientSessionInfo> | Promise<Iterable<ClientSessionInfo>>;
   metricsJson(): Promise<MetricSnapshot[]>;
 }
 

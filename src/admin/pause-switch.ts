@@ -30,6 +30,14 @@ export class PauseSwitch {
     return true;
   }
 
+  /**
+   * Takes the state a supervisor decided (workers > 1: the primary owns PAUSE / RESUME and
+   * every worker mirrors it, src/supervisor/).
+   */
+  mirror(since: Date | null): void {
+    this.since = since;
+  }
+
   /** Publishes the flag as pgbg_launching_paused (1 while paused) so it can be alerted on. */
   exportTo(registry: Registry): void {
     const isPaused = this.isPaused;

@@ -1,5 +1,6 @@
+import cluster from 'node:cluster';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, inFlightValue, loadConfig, overridesFromEnv, type ConfigOverrides } from '../config/load.js';
+import { ConfigError, inFlightValue, loadRawConfig, overridesFromEnv, validateConfig, workersValue, type ConfigOverrides } from '../config/load.js';
 
 interface Command {
   summary: string;
@@ -23,6 +24,7 @@ const configOptions = {
   'tls-server-ca': { type: 'string' },
   'tls-server-cert': { type: 'string' },
   'tls-server-key': { type: 'string' },
+  workers: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -30,7 +32,8 @@ export const commands: Record<string, Command> = {
   start: {
     summary: 'run the proxy',
     usage: `pgbg-proxy start [--config FILE] [--listen HOST:PORT] [--listen-socket-dir DIR] [--upstream HOST:PORT]
-                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N] [--migrate]
+                 [--metrics-listen HOST:PORT] [--log-level LEVEL] [--max-in-flight N]
+                 [--workers N|auto] [--migrate]
                  [--tls-client-mode MODE --tls-client-cert FILE --tls-client-key FILE]
                  [--tls-server-mode MODE --tls-server-ca FILE --tls-server-cert FILE --tls-server-key FILE]
 
@@ -42,6 +45,8 @@ export const commands: Record<string, Command> = {
   --log-level LEVEL        fatal, error, warn, info, debug, trace, silent
   --max-in-flight N        background jobs running on the server at once; more wait queued
                            (a number, auto = from max_worker_processes, or unlimited)
+  --workers N|auto         relay processes sharing the listening address (default 1; auto =
+                           the cores available); see "Workers" in the README
   --migrate                create or upgrade the pgbg schema (jobs.registryUrl) before serving
   --tls-client-mode MODE   TLS for clients: disable, allow, prefer, require
   --tls-client-cert FILE   the proxy's certificate (PEM) shown to clients; --tls-client-key FILE its key
@@ -49,13 +54,19 @@ export const commands: Record<string, Command> = {
   --tls-server-ca FILE     CA certificates (PEM) that verify the server
   --tls-server-cert FILE   client certificate (PEM) the proxy shows the server; --tls-server-key FILE its key
 Environment: PGBG_LISTEN, PGBG_LISTEN_SOCKET_DIR, PGBG_UPSTREAM, PGBG_METRICS_LISTEN, PGBG_LOG_LEVEL, PGBG_REGISTRY_URL, PGBG_MIGRATE,
-PGBG_MAX_IN_FLIGHT, PGBG_TLS_CLIENT_MODE, PGBG_TLS_CLIENT_CERT, PGBG_TLS_CLIENT_KEY, PGBG_TLS_SERVER_MODE,
+PGBG_MAX_IN_FLIGHT, PGBG_WORKERS, PGBG_TLS_CLIENT_MODE, PGBG_TLS_CLIENT_CERT, PGBG_TLS_CLIENT_KEY, PGBG_TLS_SERVER_MODE,
 PGBG_TLS_SERVER_CA, PGBG_TLS_SERVER_CERT, PGBG_TLS_SERVER_KEY.
 Flags win over environment variables, which win over the file.
-Signals: SIGHUP reloads the file (and the TLS certificate and key files); SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.`,
+Signals: SIGHUP reloads the file (and the TLS certificate and key files); SIGTERM/SIGINT drain sessions for shutdown.grace, then exit.
+With workers > 1 send them to the supervisor (the process started); it passes them on.`,
     options: { ...configOptions, migrate: { type: 'boolean' } },
     // Commands load their modules on use, so --help and check-config start fast.
-    run: async (v) => (await import('./start.js')).runStart(configFrom(v), () => configFrom(v)),
+    run: async (v) => {
+      // A cluster worker runs this same command line; it takes its configuration from the
+      // supervisor over IPC instead of reading the sources itself (src/supervisor/worker.ts).
+      if (cluster.isWorker) return (await import('../supervisor/worker.js')).runWorker();
+      return (await import('./start.js')).runStart(configFrom(v), () => configFrom(v), () => rawConfigFrom(v));
+    },
   },
   'check-config': {
     summary: 'validate a configuration file and its rules, then exit',
@@ -78,6 +89,10 @@ Idempotent: running it again on a current registry changes nothing.`,
 };
 
 function configFrom(values: Record<string, string | boolean | undefined>) {
+  return validateConfig(rawConfigFrom(values), (values.config as string | undefined) ?? 'configuration');
+}
+
+function rawConfigFrom(values: Record<string, string | boolean | undefined>) {
   const flags: ConfigOverrides = {
     listen: values.listen as string | undefined,
     listenSocketDir: values['listen-socket-dir'] as string | undefined,
@@ -93,8 +108,9 @@ function configFrom(values: Record<string, string | boolean | undefined>) {
     tlsServerCa: values['tls-server-ca'] as string | undefined,
     tlsServerCert: values['tls-server-cert'] as string | undefined,
     tlsServerKey: values['tls-server-key'] as string | undefined,
+    workers: values.workers !== undefined ? workersValue(values.workers as string) : undefined,
   };
-  return loadConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
+  return loadRawConfig(values.config as string | undefined, overridesFromEnv(process.env), flags);
 }
 
 function help(): string {

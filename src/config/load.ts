@@ -21,6 +21,7 @@ export interface ConfigOverrides {
   tlsServerCa?: string;
   tlsServerCert?: string;
   tlsServerKey?: string;
+  workers?: number | string;
 }
 
 /** Override keys that set tls.<side>.<key>. */
@@ -50,6 +51,7 @@ const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   tlsServerCa: 'PGBG_TLS_SERVER_CA',
   tlsServerCert: 'PGBG_TLS_SERVER_CERT',
   tlsServerKey: 'PGBG_TLS_SERVER_KEY',
+  workers: 'PGBG_WORKERS',
 };
 
 export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
@@ -59,7 +61,8 @@ export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {
     if (value === undefined || value === '') continue;
     if (key === 'migrateOnStart') out.migrateOnStart = /^(1|true|yes|on)$/i.test(value);
     else if (key === 'maxInFlight') out.maxInFlight = inFlightValue(value);
-    else out[key as Exclude<keyof ConfigOverrides, "migrateOnStart" | "maxInFlight">] = value;
+    else if (key === 'workers') out.workers = workersValue(value);
+    else out[key as Exclude<keyof ConfigOverrides, 'migrateOnStart' | 'maxInFlight' | 'workers'>] = value;
   }
   return out;
 }
@@ -69,8 +72,21 @@ export function inFlightValue(value: string): number | string {
   return /^(auto|unlimited)$/i.test(value.trim()) ? value.trim().toLowerCase() : Number(value);
 }
 
+/** "auto" stays a word; anything else must be a number (the schema says which). */
+export function workersValue(value: string): number | string {
+  return /^auto$/i.test(value.trim()) ? 'auto' : Number(value);
+}
+
 /** Reads YAML (if a path is given), applies overrides, validates; throws ConfigError naming the key. */
 export function loadConfig(path: string | undefined, ...layers: ConfigOverrides[]): ProxyConfig {
+  return validateConfig(loadRawConfig(path, ...layers), path ?? 'configuration');
+}
+
+/**
+ * The configuration before validation: the file's mapping with the overrides applied. Plain
+ * data (JSON-safe), so a supervisor can hand exactly what it validated to its workers.
+ */
+export function loadRawConfig(path: string | undefined, ...layers: ConfigOverrides[]): Record<string, unknown> {
   let raw: Record<string, unknown> = {};
   if (path) {
     let text: string;
@@ -87,7 +103,7 @@ export function loadConfig(path: string | undefined, ...layers: ConfigOverrides[
     if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`config file ${path} must hold a mapping`);
   }
   for (const layer of layers) raw = applyOverrides(raw, layer);
-  return validateConfig(raw, path ?? 'configuration');
+  return raw;
 }
 
 export function validateConfig(raw: unknown, source = 'configuration'): ProxyConfig {
@@ -113,6 +129,7 @@ function applyOverrides(raw: Record<string, unknown>, o: ConfigOverrides): Recor
   if (o.logLevel !== undefined) out.log = { ...(raw.log as object | undefined), level: o.logLevel };
   if (o.registryUrl !== undefined) out.jobs = { ...(raw.jobs as object | undefined), registryUrl: o.registryUrl };
   if (o.maxInFlight !== undefined) out.jobs = { ...(out.jobs as object | undefined), maxInFlight: o.maxInFlight };
+  if (o.workers !== undefined) out.workers = o.workers;
   if (o.migrateOnStart !== undefined) out.jobs = { ...(out.jobs as object | undefined), migrateOnStart: o.migrateOnStart };
   for (const [key, [side, field]] of Object.entries(TLS_KEYS) as [keyof typeof TLS_KEYS, (typeof TLS_KEYS)[keyof typeof TLS_KEYS]][]) {
     const value = o[key];

@@ -181,6 +181,12 @@ export const configSchema = z
       .refine((d) => d.startsWith('/'), 'expected an absolute directory path')
       .nullable()
       .default(null),
+    /**
+     * Relay processes behind the listening address (src/supervisor/): 1 runs everything in one
+     * process; N > 1 forks N workers under a supervisor; "auto" = os.availableParallelism().
+     * Read at start only (a reload cannot change it).
+     */
+    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
     upstream: z
       .object({
         host: z.string().default('127.0.0.1'),

@@ -30,6 +30,11 @@ export interface ProxyParts {
   upstreamTls?: UpstreamTlsState;
   /** tls.client state, when the caller loaded it already; the listener keeps its own when absent. */
   clientTls?: ClientTls;
+  /**
+   * Workers > 1: a CancelRequest whose key no session of this process holds is handed on
+   * (src/supervisor/cancel-relay.ts), since the connection it cancels may live in another worker.
+   */
+  cancelElsewhere?: (pid: number, key: number) => void;
 }
 
 export interface RunningListener {
@@ -37,6 +42,8 @@ export interface RunningListener {
   /** The Unix-domain socket clients may connect to (listenSocketDir), or null. */
   readonly socketPath: string | null;
   readonly sessions: ReadonlySet<ClientSession>;
+  /** Cancels what the session holding this key runs, in this process only; false if none holds it. */
+  cancel(pid: number, key: number): boolean;
   /** Applies what can change without a restart (limits, timeouts, rules via the router). */
   reload(config: ProxyConfig): void;
   /** Stops accepting, lets sessions go idle up to graceMs, then closes the rest. */
@@ -81,7 +88,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
         if (outcome.kind === 'closed') return;
         if (outcome.kind === 'cancel') {
           // Nothing is sent back to a CancelRequest, matched or not, as with PostgreSQL.
-          cancelKeys.cancel(outcome.pid, outcome.key);
+          if (!cancelKeys.cancel(outcome.pid, outcome.key)) parts.cancelElsewhere?.(outcome.pid, outcome.key);
           socket.end();
           return;
         }
@@ -176,6 +183,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
     address: { host: addr.address, port: addr.port },
     socketPath: unix?.path ?? null,
     sessions,
+    cancel: (pid, key) => cancelKeys.cancel(pid, key),
     reload(next) {
       config = next;
       clientTls.reload(next.tls.client);

@@ -15,15 +15,20 @@ export interface Exposition {
  * shows. A ttl of 0 renders every scrape.
  */
 export function cachedExposition(registry: Registry, ttlMs: () => number): Exposition {
+  return cachedRendering(registry.contentType, () => registry.metrics(), ttlMs);
+}
+
+/** The same cache over any rendering (workers > 1: the supervisor's aggregate of every worker). */
+export function cachedRendering(contentType: string, renderNow: () => Promise<string>, ttlMs: () => number): Exposition {
   let current: Promise<string> | null = null;
   let renderedAt = 0;
   return {
-    contentType: registry.contentType,
+    contentType,
     render() {
       const now = Date.now();
       if (!current || now - renderedAt >= ttlMs()) {
         renderedAt = now;
-        const rendering = registry.metrics();
+        const rendering = renderNow();
         current = rendering;
         // A failed rendering is not kept: the next scrape tries again.
         rendering.catch(() => {

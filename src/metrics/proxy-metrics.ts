@@ -29,6 +29,8 @@ export class ProxyMetrics implements SessionObserver {
       help: 'Build information of this pgbg-proxy (always 1).',
       labelNames: ['version', 'node'],
       registers: [this.registry],
+      // Workers > 1: the supervisor's /metrics shows it once, not summed over the processes.
+      aggregator: 'first',
     }).set({ version, node: process.version }, 1);
     new Gauge({
       name: 'pgbg_client_connections',

@@ -386,3 +386,25 @@ describe('check-config: TLS files', () => {
     }
   });
 });
+
+describe('workers', () => {
+  it('defaults to 1 (one process, as before) and takes a number or auto from file, environment and flags', async () => {
+    const { workerCount } = await import('../../src/supervisor/worker-count.js');
+    expect(validateConfig({}).workers).toBe(1);
+    expect(workerCount(validateConfig({}).workers)).toBe(1);
+    const file = yamlFile('workers: 3\n');
+    expect(loadConfig(file).workers).toBe(3);
+    expect(loadConfig(file, overridesFromEnv({ PGBG_WORKERS: '2' })).workers).toBe(2);
+    expect(loadConfig(file, overridesFromEnv({ PGBG_WORKERS: '2' }), { workers: 4 }).workers).toBe(4);
+    const auto = loadConfig(file, overridesFromEnv({ PGBG_WORKERS: 'AUTO' }));
+    expect(auto.workers).toBe('auto');
+    expect(workerCount(auto.workers)).toBe(os.availableParallelism());
+  });
+
+  it('refuses 0, fractions and words other than auto, naming the key', () => {
+    for (const bad of [0, 1.5, 'many', -2]) {
+      expect(() => validateConfig({ workers: bad })).toThrow(/workers/);
+    }
+    expect(() => loadConfig(undefined, overridesFromEnv({ PGBG_WORKERS: 'lots' }))).toThrow(ConfigError);
+  });
+});

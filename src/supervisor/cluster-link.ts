@@ -1,0 +1,11 @@
+import type { AdminControls } from '../admin/controls.js';
+
+/**
+ * What a worker's proxy (src/proxy.ts) needs of its supervisor: the admin console's controls
+ * (RELOAD, PAUSE / RESUME, SHOW CLIENTS, SHOW STATS go through the supervisor, which owns that
+ * state or asks every worker) and where a CancelRequest goes that no local session holds.
+ */
+export interface ClusterLink {
+  controls(local: AdminControls): AdminControls;
+  cancelElsewhere(pid: number, key: number): void;
+}
