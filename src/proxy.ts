@@ -8,6 +8,7 @@ import { JobRouter } from './rules/job-router.js';
 import { loadSqlParser } from './rules/sql-parser.js';
 import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
 import { schedulingPolicy } from './jobs/scheduling-policy.js';
+import { admissionConfig, inheritedAdmissionId, newAdmissionId } from './jobs/scheduling-policy.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
@@ -66,7 +67,10 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const inCluster = options.cluster !== undefined;
   if (config.jobs.migrateOnStart && !inCluster) await migrateRegistry(config, log, upstreamTls);
   let router = routerFor(config);
-  const reconciler = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout, serverTls) : null;
+  // Where this proxy's admission limits live in the registry (its supervisor's, under workers).
+  const admission = inCluster ? inheritedAdmissionId() : newAdmissionId();
+  const reconciler = !inCluster && config.jobs.enabled && config.jobs.registryUrl ? new Reconciler(config.jobs.registryUrl, config.jobs.reconcileInterval, log, config.upstream.connectTimeout, serverTls, admission ?? undefined) : null;
+  reconciler?.setAdmissionConfig(admissionConfig(config));
   reconciler?.start();
   let current = config;
   let sessionCount = () => 0;
@@ -87,7 +91,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
   const listener = await startListener(config, {
     log,
     router: () => router,
-    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, schedulingPolicy(() => current)) : null,
+    jobs: config.jobs.enabled ? new PgBackgroundSubmitter(log, pause.isPaused, schedulingPolicy(() => current, admission)) : null,
     observer: metrics,
     adminConsole: adminConsole.handler,
     upstreamTls,
@@ -109,6 +113,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
       router = routerFor(next);
       listener.reload(next);
       reconciler?.setInterval(next.jobs.reconcileInterval);
+    reconciler?.setAdmissionConfig(admissionConfig(next));
       log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {

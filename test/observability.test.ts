@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { getCluster } from './harness/index.js';
+import { eventually, getCluster } from './harness/index.js';
 import { startTestProxy, type TestProxy } from './support/proxy.js';
 import { registryDatabase, submit, waitJob } from './support/jobs.js';
 
@@ -41,6 +41,8 @@ describe('Prometheus endpoint', () => {
     const client = await via.connect({ user: 'alice', database: db });
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) ids.push(await submit(client, '/*+ background */ SELECT pg_sleep(4)'));
+    // The answer comes when the row commits; the launcher starts them a moment later.
+    await eventually(async () => (await observer.query("SELECT count(*)::int AS n FROM pgbg.job WHERE id = ANY($1::bigint[]) AND state = 'running' AND worker_pid IN (SELECT pid FROM pg_stat_activity)", [ids])).rows[0].n === 5, 10_000, 20);
     const text = await scrape();
     expect(sample(text, 'pgbg_jobs_in_flight')).toBe(5);
     expect(text).toMatch(/pgbg_jobs_in_flight\{database="[^"]+",user="alice",rule=""\} 5/);
@@ -61,13 +63,14 @@ describe('Prometheus endpoint', () => {
     expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(0);
     expect(sample(await scrape(), 'pgbg_jobs_finished_total')).toBeGreaterThanOrEqual(5);
 
-    const doomed = await submit(client, '/*+ background */ SELECT pg_sleep(30)');
+    // One attempt only: a terminated worker would otherwise send it back to the queue.
+    const doomed = await submit(client, '/*+ background(max_attempts=1) */ SELECT pg_sleep(30)');
+    const pid = await eventually(async () => (await observer.query("SELECT worker_pid FROM pgbg.jobs WHERE id = $1 AND state = 'running'", [doomed])).rows[0]?.worker_pid, 10_000, 20);
     expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(1);
-    const pid = (await observer.query('SELECT worker_pid FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].worker_pid;
     await observer.query('SELECT pg_terminate_backend($1)', [pid]);
-    await new Promise((r) => setTimeout(r, 1500)); // one reconciliation interval and then some
+    // Reconciliation (every 500 ms here) settles it once the worker is gone.
+    await eventually(async () => /failed|lost/.test((await observer.query('SELECT state FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].state), 10_000, 100);
     expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(0);
-    expect((await observer.query('SELECT state FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].state).toMatch(/failed|lost/);
 
     // Console: CANCEL JOB ends a job cancelled.
     const victim = await submit(client, '/*+ background */ SELECT pg_sleep(30)');
@@ -111,6 +114,7 @@ describe('Prometheus endpoint', () => {
     await observer.query("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 1500000) g");
     const client = await via.connect({ user: 'alice', database: db });
     const id = await submit(client, '/*+ background */ CREATE INDEX big_pad_idx ON big (pad)');
+    await eventually(async () => (await client.query('SELECT state FROM pgbg.jobs WHERE id = $1', [id])).rows[0].state !== 'queued', 10_000, 10);
     const seen: number[] = [];
     const deadline = Date.now() + 60_000;
     for (;;) {

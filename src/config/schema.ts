@@ -233,7 +233,15 @@ export const configSchema = z
         registryUrl: z.string().nullable().default(null),
         migrateOnStart: z.boolean().default(false),
         reconcileInterval: duration.default(5000),
+        /** Unused since registry version 6 (the database's launcher supervises jobs); accepted so older files still load. */
         supervisePoll: duration.default(200),
+        /** How long a launcher (one pg_background worker per database and login) waits without work before it exits. */
+        launcherIdle: duration.refine((ms) => ms <= 86_400_000, 'at most 24h').default(10_000),
+        /**
+         * Custom settings a job carries from its session besides everything pg_settings lists
+         * (placeholders such as myapp.tenant, which no SQL can enumerate), by exact name.
+         */
+        carrySettings: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z0-9_.$]+$/, 'a custom setting name such as myapp.tenant')).max(100).default([]),
         /** Refuse (25001) a matched statement inside a client's transaction block, or run it in the foreground. */
         inTransaction: z.enum(['reject', 'foreground']).default('reject'),
         /**
@@ -267,6 +275,8 @@ export const configSchema = z
         migrateOnStart: false,
         reconcileInterval: 5000,
         supervisePoll: 200,
+        launcherIdle: 10_000,
+        carrySettings: [],
         inTransaction: 'reject',
         maxInFlight: 'auto',
         maxInFlightPerDatabase: {},

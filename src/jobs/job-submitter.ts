@@ -3,11 +3,10 @@ import { PgError } from '../protocol/errors.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import type { SessionChannel } from '../upstream/channel.js';
 import type { JobPlan } from './plan.js';
-import type { BoundParams, JobSubmitter, LaunchOutcome, SubmitContext, SubmittedJob, SupervisedWorker, WatchedJob } from './submitter.js';
+import type { BoundParams, JobSubmitter, SubmitContext, SubmittedJob } from './submitter.js';
 import type { SchedulingPolicy } from './scheduling-policy.js';
 import { describeStatement, runOrThrow, runStatement, serverError } from './upstream-sql.js';
 import { literalsFor, substitute } from './param-literals.js';
-import { superviseStep } from './supervise.js';
 
 /**
  * Every statement here runs on the client's own session, under the client's settings: names are
@@ -73,6 +72,9 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     }
     const maxAttempts = plan.transactional ? (plan.options.maxAttempts ?? retry.maxAttempts) : 1;
     const window = plan.options.window;
+    // A CREATE INDEX CONCURRENTLY's index, schema-qualified as this session resolves its table:
+    // if the build's outcome cannot be read from its worker, the catalog can tell.
+    const index = plan.createdIndex && plan.relations[0] ? await qualifiedIndex(channel, plan.relations[0], plan.createdIndex) : undefined;
     const options = {
       returns_rows: plan.returnsRows,
       rows_via: plan.rowsVia,
@@ -82,10 +84,11 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       retry_base_ms: retry.baseDelayMs,
       retry_max_ms: retry.maxDelayMs,
       window: window ? { from: window.from, to: window.to, time_zone: window.timeZone } : undefined,
+      index,
     };
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, worker_pid, cookie, api, existing FROM pgbg.submit_and_launch($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.jsonb, $6::pg_catalog.int4, $7::pg_catalog.text, $8::pg_catalog.text, $9::pg_catalog.jsonb)',
+      'SELECT job_id, state, existing, launcher_started, launcher_alive FROM pgbg.enqueue($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.jsonb, $6::pg_catalog.int4, $7::pg_catalog.text, $8::pg_catalog.text, $9::pg_catalog.jsonb, $10::pg_catalog.int4, $11::pg_catalog.text[])',
       [
         statement,
         plan.kind,
@@ -96,14 +99,14 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         plan.options.key ?? null,
         ctx.sessionId,
         JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: plan.rule })),
+        String(this.policy.launcherIdleMs()),
+        pgTextArray(this.policy.carrySettings()),
       ],
     );
     const err = serverError(result);
     if (err) throw explainSubmitError(err, ctx.database);
-    const [jobId, state, workerPid, cookie, api, existing] = result.rows[0] as string[];
-    const job: SubmittedJob = { jobId: BigInt(jobId), state, maxAttempts, transactional: plan.transactional, existing: existing === 't' };
-    const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, plan.transactional);
-    if (supervised) job.supervised = supervised;
+    const [jobId, state, existing, launcherStarted, launcherAlive] = result.rows[0] as (string | null)[];
+    const job: SubmittedJob = { jobId: BigInt(jobId!), state: state!, existing: existing === 't', launcherAlive: launcherAlive === 't' };
     this.log.info(
       {
         event: 'job_submitted',
@@ -115,7 +118,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         rule: plan.rule,
         state,
         existing: existing === 't',
-        worker_pid: workerPid ? Number(workerPid) : null,
+        launcher_started: launcherStarted ? Number(launcherStarted) : null,
+        launcher_alive: launcherAlive === 't',
         submit_ms: Number(process.hrtime.bigint() - started) / 1e6,
       },
       'job submitted',
@@ -123,56 +127,58 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     return job;
   }
 
-  async launchQueued(channel: SessionChannel, job: WatchedJob, ctx: SubmitContext): Promise<LaunchOutcome | null> {
-    const jobId = job.jobId.toString();
-    // Paused: look without launching (an empty limits object would admit everything).
-    const paused = this.isPaused();
-    const sql = paused
-      ? `SELECT state, NULL AS worker_pid, NULL AS cookie, NULL AS api, transactional, attempts, ${DUE_IN_MS} FROM pgbg.job j WHERE id OPERATOR(pg_catalog.=) $1::pg_catalog.int8`
-      : `SELECT l.state, l.worker_pid, l.cookie, l.api, j.transactional, j.attempts, ${DUE_IN_MS} FROM pgbg.launch_if_admitted($1::pg_catalog.int8, $2::pg_catalog.jsonb) l, pgbg.job j WHERE j.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8`;
-    const params = paused ? [jobId] : [jobId, JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: job.rule }))];
-    const r = await runStatement(channel, sql, params);
-    const err = serverError(r);
-    if (err) {
-      this.log.warn({ event: 'job_launch_failed', job_id: jobId, sqlstate: err.code, err: err.message }, 'queued job could not be launched; will try again');
-      return null;
-    }
-    const [state, workerPid, cookie, api, transactional, attempts, dueInMs] = (r.rows[0] ?? []) as (string | null)[];
-    if (!state) return { state: 'lost' }; // the row is gone: nothing left to watch
-    const outcome: LaunchOutcome = { state };
-    if (state === 'queued' && dueInMs !== null && Number(dueInMs) > 0) outcome.dueInMs = Number(dueInMs);
-    if (workerPid) {
-      const supervised = supervisedWorker(job.jobId, workerPid, cookie, api, transactional === 't');
-      if (supervised) outcome.supervised = supervised;
-      this.log.info({ event: 'job_launched', job_id: jobId, worker_pid: Number(workerPid), attempt: Number(attempts) }, 'queued job launched');
-    }
-    return outcome;
-  }
-
-  async cancel(channel: SessionChannel, jobId: bigint): Promise<void> {
-    const r = await runStatement(channel, 'SELECT pgbg.cancel($1::pg_catalog.int8)', [jobId.toString()]);
+  async cancelQueued(channel: SessionChannel, jobId: bigint): Promise<void> {
+    const r = await runStatement(channel, 'SELECT pgbg.cancel_queued($1::pg_catalog.int8)', [jobId.toString()]);
     const err = serverError(r);
     if (err) this.log.warn({ event: 'job_cancel_failed', job_id: jobId.toString(), sqlstate: err.code, err: err.message }, 'could not cancel a queued job');
-    else this.log.info({ event: 'job_cancelled', job_id: jobId.toString(), reason: 'client disconnected' }, 'queued job cancelled: its client went away');
+    else if (r.rows[0]?.[0] === 't') this.log.info({ event: 'job_cancelled', job_id: jobId.toString(), reason: 'client disconnected' }, 'queued job cancelled: its client went away');
   }
 
-  poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean> {
-    return superviseStep(channel, worker, this.log);
+  async retryLauncher(channel: SessionChannel): Promise<boolean> {
+    const r = await runStatement(
+      channel,
+      'SELECT pgbg.ensure_launcher($1::pg_catalog.int4) IS NOT NULL OR pgbg._launcher_alive(session_user) OR NOT pgbg._launcher_has_work()',
+      [String(this.policy.launcherIdleMs())],
+    );
+    const err = serverError(r);
+    if (err) {
+      this.log.debug({ event: 'launcher_start_failed', sqlstate: err.code, err: err.message }, 'launcher could not start yet; will try again');
+      return false;
+    }
+    return r.rows[0]?.[0] === 't';
+  }
+
+  async ensureLauncher(channel: SessionChannel): Promise<void> {
+    const r = await runStatement(channel, ensureLauncherSql(this.policy.launcherIdleMs()), [], { readOnly: true });
+    const err = serverError(r);
+    if (err) this.log.debug({ event: 'launcher_check_failed', sqlstate: err.code, err: err.message }, 'could not look for a launcher to start');
   }
 }
 
 /**
- * Every name in the proxy's own SQL is qualified: it runs in the client's session, whose
- * search_path may put a schema that shadows pg_catalog's functions or operators first.
- *
- * How long until a queued job may start (its window opens, or its retry backoff ends), computed
- * by the server so that clock skew between proxy and server does not matter.
+ * Starts the login's launcher when it has waiting jobs and none is alive. A DO block, so that a
+ * database without the registry (or with one older than version 6), a standby, or a role
+ * without pg_background rights starts nothing and writes no ERROR to the server's log for every
+ * session; the idle time is the configuration's whole number of milliseconds, as a literal.
  */
-const DUE_IN_MS = `GREATEST(0, pg_catalog.ceil(EXTRACT(epoch FROM j.not_before OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000))::pg_catalog.int8 AS due_in_ms`;
+function ensureLauncherSql(idleMs: number): string {
+  return `DO $pgbg$BEGIN
+  IF NOT pg_catalog.pg_is_in_recovery() AND pg_catalog.to_regprocedure('pgbg.ensure_launcher(integer)') IS NOT NULL THEN
+    PERFORM pgbg.ensure_launcher(${Math.trunc(idleMs)});
+  END IF;
+EXCEPTION WHEN OTHERS THEN
+  NULL;
+END$pgbg$`;
+}
 
-function supervisedWorker(jobId: bigint, workerPid: string | null, cookie: string | null, api: string | null, transactional: boolean): SupervisedWorker | null {
-  if (transactional || !workerPid) return null;
-  return { jobId, pid: Number(workerPid), cookie: cookie ?? null, apiVersion: api === '1' ? 1 : 2 };
+async function qualifiedIndex(channel: SessionChannel, table: string, index: string): Promise<string | undefined> {
+  const r = await runStatement(
+    channel,
+    'SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) $2::pg_catalog.text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1::pg_catalog.text)',
+    [table, `.${index}`],
+    { readOnly: true },
+  );
+  return r.rows[0]?.[0] ?? undefined;
 }
 
 /** The errors whose server wording does not tell the user what to do. */

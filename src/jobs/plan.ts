@@ -38,4 +38,6 @@ export interface JobPlan {
   params: ParamRef[];
   /** Relations the statement names that must exist (checked for utility statements). */
   relations: string[];
+  /** The (quoted) name of the index a CREATE INDEX CONCURRENTLY builds, when it names one. */
+  createdIndex?: string;
 }

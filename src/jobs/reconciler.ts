@@ -13,6 +13,9 @@ export class Reconciler {
   private stopped = false;
   lastRunAt: Date | null = null;
   lastError: string | null = null;
+  /** Admission limits to store in the registry (pgbg.set_admission_config); written at the next pass. */
+  private admission: string | null = null;
+  private admissionWritten: string | null = null;
 
   constructor(
     url: string,
@@ -20,6 +23,8 @@ export class Reconciler {
     private readonly log: Logger,
     connectTimeoutMs = 5000,
     tls?: () => UpstreamTls,
+    /** This proxy's row in pgbg.admission_config (see admissionId in scheduling-policy.ts). */
+    private readonly admissionId: string = 'default',
   ) {
     this.registry = new RegistryConnection(() => url, () => connectTimeoutMs, log, { applicationName: 'pgbg-proxy reconciler', tls });
   }
@@ -32,8 +37,30 @@ export class Reconciler {
     this.intervalMs = ms;
   }
 
+  /**
+   * The configuration's admission limits, stored in the registry at once (and again after the
+   * server comes back) so that the database's launchers admit queued jobs under them.
+   */
+  setAdmissionConfig(config: Record<string, unknown>): void {
+    this.admission = JSON.stringify(config);
+    if (this.admission !== this.admissionWritten && !this.stopped) void this.writeAdmission().catch(() => undefined);
+  }
+
+  private async writeAdmission(): Promise<void> {
+    const json = this.admission;
+    if (json === null || json === this.admissionWritten) return;
+    try {
+      await this.registry.query('SELECT pgbg.set_admission_config($1, $2::jsonb)', [this.admissionId, json]);
+      this.admissionWritten = json;
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not store the admission limits in the registry; will retry');
+      throw err;
+    }
+  }
+
   /** One pass; returns the number of jobs marked lost. */
   async runOnce(): Promise<number> {
+    await this.writeAdmission().catch(() => undefined); // an older registry has no such function; reconcile anyway
     const since = await this.registry.query<{ t: Date }>('SELECT clock_timestamp() AS t');
     const r = await this.registry.query<{ n: number }>('SELECT pgbg.reconcile() AS n');
     const changed = Number(r.rows[0]?.n ?? 0);
@@ -55,6 +82,7 @@ export class Reconciler {
       await this.runOnce();
     } catch (err) {
       if (this.stopped) return;
+      this.admissionWritten = null; // the server may have been replaced: write the limits again
       this.lastError = (err as Error).message;
       this.log.warn({ err: this.lastError }, 'reconciliation failed; will retry');
     }

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { ProxyConfig } from '../config/schema.js';
 
 /** Whose limits apply to a job. */
@@ -21,6 +23,10 @@ export interface SchedulingPolicy {
   limits(scope: LimitScope): AdmissionLimits;
   retry(): RetryPolicy;
   timeouts(): TimeoutPolicy;
+  /** How long a launcher stays without work before it exits (jobs.launcherIdle). */
+  launcherIdleMs(): number;
+  /** Custom settings (placeholders such as myapp.tenant) a job carries from its session (jobs.carrySettings). */
+  carrySettings(): string[];
 }
 
 export interface TimeoutPolicy {
@@ -30,11 +36,17 @@ export interface TimeoutPolicy {
   maxMs: number;
 }
 
-export function schedulingPolicy(config: () => ProxyConfig): SchedulingPolicy {
+/**
+ * @param admissionId This proxy's row in pgbg.admission_config, when it stores its limits there
+ *   (jobs.registryUrl set): jobs carry it, and the database's launchers admit them under that
+ *   row's limits of the moment. Null: jobs keep the limits they were submitted with.
+ */
+export function schedulingPolicy(config: () => ProxyConfig, admissionId: string | null = null): SchedulingPolicy {
   return {
     limits(scope) {
       const { jobs, rules } = config();
       const out: AdmissionLimits = { queue: jobs.maxQueued, queue_per_user: jobs.maxQueuedPerUser };
+      if (admissionId !== null && jobs.registryUrl) out.config_id = admissionId;
       if (jobs.maxInFlight !== 'unlimited') out.server = jobs.maxInFlight;
       const perDatabase = jobs.maxInFlightPerDatabase[scope.database] ?? jobs.maxInFlightPerDatabase['*'];
       if (perDatabase !== undefined) out.database = perDatabase;
@@ -53,9 +65,52 @@ export function schedulingPolicy(config: () => ProxyConfig): SchedulingPolicy {
       const { defaultTimeout, maxTimeout } = config().jobs;
       return { defaultMs: defaultTimeout, maxMs: maxTimeout };
     },
+    carrySettings() {
+      return config().jobs.carrySettings;
+    },
+    launcherIdleMs() {
+      return config().jobs.launcherIdle;
+    },
     retry() {
       const r = config().jobs.retry;
       return { maxAttempts: r.maxAttempts, baseDelayMs: r.baseDelay, maxDelayMs: r.maxDelay };
     },
   };
+}
+
+/**
+ * The admission configuration stored in the registry (pgbg.set_admission_config, read by
+ * pgbg._limits_for): the same limits as SchedulingPolicy.limits, for every scope at once, so
+ * that the database's launchers admit queued jobs under the configuration of the moment.
+ */
+export function admissionConfig(config: ProxyConfig): Record<string, unknown> {
+  const { jobs, rules } = config;
+  const out: Record<string, unknown> = {
+    queue: jobs.maxQueued,
+    queue_per_user: jobs.maxQueuedPerUser,
+    database: jobs.maxInFlightPerDatabase,
+    user: jobs.maxInFlightPerUser,
+    rules: Object.fromEntries(
+      rules.map((r) => [
+        r.name,
+        { rule: r.maxInFlight ?? null, busy_active_backends: r.holdWhileBusy?.activeBackends ?? null, busy_min_free_workers: r.holdWhileBusy?.minFreeWorkers ?? null },
+      ]),
+    ),
+  };
+  if (jobs.maxInFlight !== 'unlimited') out.server = jobs.maxInFlight;
+  return out;
+}
+
+/**
+ * The id under which a proxy stores its admission limits: a new one per proxy start. A
+ * supervisor hands its own to its worker processes in PGBG_ADMISSION_ID (see inheritedAdmissionId).
+ */
+export function newAdmissionId(): string {
+  return `${hostname().slice(0, 20)}-${process.pid}-${randomUUID().slice(0, 8)}`.replace(/[^A-Za-z0-9-]/g, '-');
+}
+
+/** The supervisor's admission id, in a worker process; null when there is none. */
+export function inheritedAdmissionId(env: NodeJS.ProcessEnv = process.env): string | null {
+  const id = env.PGBG_ADMISSION_ID;
+  return id && /^[A-Za-z0-9-]{1,64}$/.test(id) ? id : null;
 }

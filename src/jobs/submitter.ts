@@ -10,55 +10,36 @@ export interface BoundParams {
 
 export interface SubmittedJob {
   jobId: bigint;
+  /** 'queued' for a new job; an idempotency key may answer an existing job in any active state. */
   state: string;
-  /** Attempts allowed (1 = no retry). */
-  maxAttempts: number;
-  transactional: boolean;
-  /** An idempotency key named a job already queued or running: this is that job, watched elsewhere. */
+  /** An idempotency key named a job already queued or running: this is that job. */
   existing: boolean;
-  /** Present when the launching session must read the worker's result itself (decision 4). */
-  supervised?: SupervisedWorker;
+  /** The login's launcher is alive (or starting); false when it could not be started now. */
+  launcherAlive: boolean;
 }
 
-/** A job the submitting session keeps an eye on: queued, or running and able to come back queued for a retry. */
-export interface WatchedJob {
-  jobId: bigint;
-  rule: string | null;
-  /** A transactional job with attempts left: a failed attempt puts it back in the queue. */
-  mayRetry: boolean;
-  onDisconnect: 'keep' | 'cancel';
-}
-
-/** Where a watched job stands after one look (and maybe a launch). */
-export interface LaunchOutcome {
-  state: string;
-  /** Set when this look launched a non-transactional job that this session must supervise. */
-  supervised?: SupervisedWorker;
-  /** Set when the job is queued but not due yet: milliseconds until it may start. */
-  dueInMs?: number;
-}
-
-export interface SupervisedWorker {
-  jobId: bigint;
-  pid: number;
-  cookie: string | null;
-  apiVersion: 1 | 2;
-}
-
+/**
+ * The proxy's side of jobs: it checks and records them on the client's own session and
+ * answers; the database's launcher does the rest (sql/registry/006-launcher.sql).
+ */
 export interface JobSubmitter {
   /** Checks the statement upstream and returns its parameter types (Parse-time validation). */
   describe(channel: SessionChannel, plan: JobPlan, declaredTypes: number[]): Promise<number[]>;
-  /** Records, launches and returns the job; throws PgError for anything the client must see now. */
+  /** Records the job (its row committed) and returns it; throws PgError for anything the client must see now. */
   submit(channel: SessionChannel, plan: JobPlan, params: BoundParams | null, ctx: SubmitContext): Promise<SubmittedJob>;
+  /** Cancels a job if it is still queued (disconnect policy "cancel"). */
+  cancelQueued(channel: SessionChannel, jobId: bigint): Promise<void>;
   /**
-   * Looks at a job this session watches and launches it if it is queued and admitted now
-   * (limits, queue order, window, retry backoff); null if the look itself failed.
+   * Starts the launcher of the session's login if it has jobs waiting and none is alive (after
+   * a server restart or a terminated launcher). Quiet: a database without the registry, a
+   * standby, a role without pg_background rights simply start nothing.
    */
-  launchQueued(channel: SessionChannel, job: WatchedJob, ctx: SubmitContext): Promise<LaunchOutcome | null>;
-  /** Cancels a queued job (disconnect policy "cancel"). */
-  cancel(channel: SessionChannel, jobId: bigint): Promise<void>;
-  /** Polls a supervised worker; true once its outcome is recorded. */
-  poll(channel: SessionChannel, worker: SupervisedWorker): Promise<boolean>;
+  ensureLauncher(channel: SessionChannel): Promise<void>;
+  /**
+   * After a submission whose launcher could not start (no free worker slot): tries again to
+   * start it; true once the login's launcher is alive or it has nothing left to launch.
+   */
+  retryLauncher(channel: SessionChannel): Promise<boolean>;
 }
 
 export interface SubmitContext {

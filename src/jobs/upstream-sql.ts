@@ -22,14 +22,13 @@ export function serverError(exchange: Exchange): PgError | null {
 /**
  * Runs one statement with parameters on the client's upstream session.
  *
- * Outside a transaction block (the session is idle when the proxy submits or launches), in an
- * explicit READ COMMITTED, READ WRITE transaction with statement_timeout cleared, opened by a
- * round trip of its own: the client's session may say default_transaction_read_only = on (the
- * job row must still commit), default_transaction_isolation = serializable (the registry's
- * admission is written for read committed), or carry a statement_timeout shorter than a launch
- * (the timer armed by an earlier Execute of the same Sync would keep running, hence the separate
- * round trip). Settings the worker should copy from the session (lock_timeout,
- * default_transaction_isolation, ...) are left alone. Inside a client's
+ * Outside a transaction block (the session is idle when the proxy submits), in an explicit
+ * READ COMMITTED, READ WRITE transaction with statement_timeout cleared, opened by a simple
+ * Query pipelined ahead of the statement: the client's session may say
+ * default_transaction_read_only = on (the job row must still commit),
+ * default_transaction_isolation = serializable (the registry is written for read committed), or
+ * carry a statement_timeout shorter than a launcher's start (a timer armed by an earlier Execute
+ * of the same Sync would keep running, hence the BEGIN as a Query of its own). Inside a client's
  * transaction block (Parse-time checks) the statement runs in that block, as it must.
  */
 export async function runStatement(
@@ -39,13 +38,6 @@ export async function runStatement(
   options: { types?: number[]; formats?: number[]; /** A read: no explicit transaction (works on a standby too). */ readOnly?: boolean } = {},
 ): Promise<Exchange> {
   const own = channel.txStatus === 'I' && !options.readOnly;
-  if (own) {
-    const begun = await channel.exchange([fe.query('BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL statement_timeout = 0')]);
-    if (begun.error) {
-      if (begun.status !== 'I') await channel.exchange([fe.query('ROLLBACK')]);
-      return begun;
-    }
-  }
   // The leading Close clears a statement left behind when an earlier exchange failed before its
   // own Close (after an error the server skips everything up to Sync).
   const messages = [
@@ -55,11 +47,17 @@ export async function runStatement(
     fe.execute(),
     fe.close('S', STATEMENT),
   ];
-  if (own) messages.push(fe.parse('', 'COMMIT'), fe.bind('', '', []), fe.execute());
+  if (own) {
+    // One round trip: the BEGIN goes as a simple Query of its own ahead of the rest (its timer,
+    // armed with the client's statement_timeout, ends with it; the Parse after it finds the
+    // timeout cleared), then the statement and the COMMIT up to one Sync.
+    messages.unshift(fe.query('BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL statement_timeout = 0'));
+    messages.push(fe.parse('', 'COMMIT'), fe.bind('', '', []), fe.execute());
+  }
   messages.push(fe.sync());
-  const result = await channel.exchange(messages);
+  const result = await channel.exchange(messages, own ? 2 : 1);
   if (own && result.status !== 'I') {
-    // The statement failed, so the server skipped the COMMIT: end the block it is left in.
+    // Something failed, so the server skipped the COMMIT: end the block it is left in.
     await channel.exchange([fe.query('ROLLBACK')]);
     result.status = channel.txStatus;
   }

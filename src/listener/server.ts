@@ -9,6 +9,7 @@ import { ClientSession, type SessionSettings } from '../session/client-session.j
 import { quietObserver, type SessionObserver } from '../session/session-observer.js';
 import type { StatementRouter } from '../rules/route.js';
 import type { JobSubmitter } from '../jobs/submitter.js';
+import { LauncherCheckThrottle } from '../jobs/launcher-check.js';
 import { CancelKeys } from './cancel-keys.js';
 import { ClientTls } from '../tls/client-tls.js';
 import { negotiateStartup } from '../tls/client-negotiation.js';
@@ -56,7 +57,6 @@ export function sessionSettings(config: ProxyConfig, upstreamTls?: UpstreamTls):
     connectTimeoutMs: config.upstream.connectTimeout,
     maxMessageBytes: config.limits.maxMessageBytes,
     inTransaction: config.jobs.inTransaction,
-    supervisePollMs: config.jobs.supervisePoll,
   };
 }
 
@@ -68,6 +68,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   const upstreamTls = parts.upstreamTls ?? new UpstreamTlsState(config.tls.server, log);
   let settings = sessionSettings(config, upstreamTls.current);
   const cancelKeys = new CancelKeys();
+  const launcherChecks = new LauncherCheckThrottle();
   const sessions = new Set<ClientSession>();
   const replication = new Set<ReplicationRelay>();
   const observer = parts.observer ?? quietObserver;
@@ -129,6 +130,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           settings: () => settings,
           router,
           jobs: parts.jobs ?? null,
+          launcherCheckDue: (database, login) => launcherChecks.due(database, login),
           cancelKeys,
           observer,
           log,

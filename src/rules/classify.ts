@@ -12,6 +12,11 @@ export interface Classification {
    * proxy checks these itself before it hands out a job id.
    */
   relations: string[];
+  /**
+   * CREATE INDEX CONCURRENTLY name ...: the index's name (quoted), so that the registry can read
+   * the build's outcome from the catalog when nobody could read it from the worker.
+   */
+  createdIndex?: string;
 }
 
 const SIMPLE_KINDS: Record<string, string> = {
@@ -93,7 +98,9 @@ export function classify(parsed: ParsedStatement): Classification {
   let rows: Classification['rows'] = 'none';
   if (type === 'SelectStmt' && !node.intoClause) rows = 'subquery';
   else if ((type === 'InsertStmt' || type === 'UpdateStmt' || type === 'DeleteStmt') && Array.isArray(node.returningList) && node.returningList.length) rows = 'cte';
-  return { kind, transactional: !isNonTransactional(type, node), rows, relations: utilityRelations(type, node) };
+  const out: Classification = { kind, transactional: !isNonTransactional(type, node), rows, relations: utilityRelations(type, node) };
+  if (type === 'IndexStmt' && node.concurrent === true && typeof node.idxname === 'string' && node.idxname) out.createdIndex = quoteIdent(node.idxname);
+  return out;
 }
 
 interface RangeVar {

@@ -152,5 +152,6 @@ function buildPlan(
     options,
     params,
     relations: c.relations,
+    ...(c.createdIndex ? { createdIndex: c.createdIndex } : {}),
   };
 }

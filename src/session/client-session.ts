@@ -35,13 +35,14 @@ export interface SessionSettings {
   connectTimeoutMs: number;
   maxMessageBytes: number;
   inTransaction: 'reject' | 'foreground';
-  supervisePollMs: number;
 }
 
 export interface SessionDeps {
   settings: () => SessionSettings;
   router: () => StatementRouter;
   jobs: JobSubmitter | null;
+  /** Whether a new session of (database, login) should look for a launcher to start (see LauncherCheckThrottle). */
+  launcherCheckDue: (database: string, login: string) => boolean;
   cancelKeys: CancelKeys;
   observer: SessionObserver;
   log: Logger;
@@ -104,6 +105,7 @@ export class ClientSession implements BackendStreamSink {
   /** Jobs this session must launch, retry or supervise; null when jobs are disabled. */
   readonly jobs: SessionJobs | null;
   private superviseTimer: NodeJS.Timeout | null = null;
+  private launcherRetryTimer: NodeJS.Timeout | null = null;
   private superviseDue = false;
   private clientGone = false;
   /** The client left while a submission ran: adopt or close once the local operation is done. */
@@ -130,7 +132,7 @@ export class ClientSession implements BackendStreamSink {
     this.jobs = deps.jobs ? new SessionJobs(deps.jobs) : null;
     const self = this;
     this.channel = {
-      exchange: (messages) => self.exchange(messages),
+      exchange: (messages, readyCount) => self.exchange(messages, readyCount),
       get txStatus() {
         return self.txStatus;
       },
@@ -541,8 +543,8 @@ export class ClientSession implements BackendStreamSink {
     }
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
-    this.jobs?.track(job, plan.rule, plan.options.onDisconnect ?? 'keep');
-    this.scheduleSupervision();
+    this.jobs?.track(job, plan.options.onDisconnect ?? 'keep');
+    if (!job.launcherAlive) this.scheduleLauncherRetry();
     return job;
   }
 
@@ -595,7 +597,7 @@ export class ClientSession implements BackendStreamSink {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private exchange(messages: Buffer[]): Promise<Exchange> {
+  private exchange(messages: Buffer[], readyCount = 1): Promise<Exchange> {
     // A PgError: the session ended under the proxy's own statements (client gone, protocol
     // violation), which is no internal error; there is nobody left to tell.
     if (this.phase !== 'ready' || !this.upstream) return Promise.reject(new PgError(SqlState.ConnectionFailure, 'upstream session is closed'));
@@ -608,22 +610,22 @@ export class ClientSession implements BackendStreamSink {
           resolve(result);
         },
         reject,
+        readyCount,
       );
       this.writeUpstream(messages.length === 1 ? messages[0] : Buffer.concat(messages));
     });
   }
 
+  /** Once the client has gone: the session's remaining duty to its jobs, at the next idle moment. */
   private scheduleSupervision(): void {
-    if (this.superviseTimer || !this.jobs) return;
-    const delay = this.jobs.nextDelay(this.deps.settings().supervisePollMs);
-    if (delay === null) return;
+    if (this.superviseTimer || !this.jobs?.pending || !this.clientGone) return;
     this.superviseTimer = setTimeout(() => {
       this.superviseTimer = null;
       this.superviseOnce();
-    }, delay);
+    }, 0);
   }
 
-  /** Looks after this session's jobs when it is idle outside a transaction block (decision 4). */
+  /** Cancels the departed client's still-queued "cancel on disconnect" jobs, when idle outside a transaction block. */
   private superviseOnce(): void {
     const jobs = this.jobs;
     if (this.phase !== 'ready' || !jobs) return;
@@ -635,8 +637,38 @@ export class ClientSession implements BackendStreamSink {
     this.superviseDue = false;
     this.runLocal(async () => {
       if (this.clientGone) await jobs.cancelOnDisconnect(this.channel);
-      await jobs.step(this.channel, this.submitContext(), this.deps.settings().supervisePollMs);
-      this.scheduleSupervision();
+    });
+  }
+
+  /**
+   * A submission found no launcher alive and could not start one (no free worker slot): while
+   * the client stays, try again every second, at idle moments, until one is alive (the next
+   * submission or session of the login would also start it).
+   */
+  private scheduleLauncherRetry(): void {
+    if (this.launcherRetryTimer || !this.deps.jobs) return;
+    this.launcherRetryTimer = setTimeout(() => {
+      this.launcherRetryTimer = null;
+      const jobs = this.deps.jobs;
+      if (this.phase !== 'ready' || this.clientGone || !jobs) return;
+      if (!this.idle || this.held.length > 0 || this.txStatus !== 'I') return this.scheduleLauncherRetry();
+      this.runLocal(async () => {
+        if (!(await jobs.retryLauncher(this.channel))) this.scheduleLauncherRetry();
+      });
+    }, 1000);
+    this.launcherRetryTimer.unref();
+  }
+
+  /**
+   * The first session of a login in a while (per proxy process) checks whether that login has
+   * jobs waiting without a live launcher (after a server restart, or a terminated launcher) and
+   * starts one: that is how queued jobs resume without any proxy remembering them.
+   */
+  private checkLauncher(): void {
+    const jobs = this.deps.jobs;
+    if (!jobs || !this.deps.launcherCheckDue(this.database, this.user)) return;
+    this.runLocal(async () => {
+      await jobs.ensureLauncher(this.channel);
     });
   }
 
@@ -719,6 +751,7 @@ export class ClientSession implements BackendStreamSink {
         { session: this.id, user: this.user, database: this.database, application_name: this.applicationName, backend_pid: this.realPid },
         'session ready',
       );
+      this.checkLauncher();
       const early = this.authHeld;
       this.authHeld = [];
       // Messages pipelined behind the startup packet are read here, on the server's data
@@ -801,7 +834,7 @@ export class ClientSession implements BackendStreamSink {
 
   /** Ends the session when idle (graceful shutdown); returns whether it did. */
   closeIfIdle(): boolean {
-    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I' && !(this.jobs?.blocking ?? false)) {
+    if (this.phase === 'ready' && this.idle && this.held.length === 0 && this.txStatus === 'I') {
       this.fatal(new PgError(SqlState.AdminShutdown, 'terminating connection: pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
       return true;
     }
@@ -886,6 +919,7 @@ export class ClientSession implements BackendStreamSink {
     const wasConnected = this.upstream !== null;
     this.phase = 'closed';
     if (this.superviseTimer) clearTimeout(this.superviseTimer);
+    if (this.launcherRetryTimer) clearTimeout(this.launcherRetryTimer);
     if (this.realPid) this.deps.cancelKeys.release(this.realPid, this.cancelTarget);
     if (this.upstream && !this.upstream.destroyed) {
       // A statement still running keeps its backend busy (the server reads Terminate only

@@ -15,6 +15,8 @@ export class ExchangeCollector {
   constructor(
     private readonly resolve: (exchange: Exchange) => void,
     readonly reject: (err: Error) => void,
+    /** ReadyForQuery messages that end the exchange: 2 when a simple Query is pipelined ahead of a Sync. */
+    private readyLeft = 1,
   ) {}
 
   /** Returns true when the exchange ended with this message. */
@@ -34,6 +36,7 @@ export class ExchangeCollector {
         break;
       case 'readyForQuery':
         r.status = (m as unknown as { status: 'I' | 'T' | 'E' }).status;
+        if (--this.readyLeft > 0) return;
         this.done = true;
         this.resolve(r);
         return;

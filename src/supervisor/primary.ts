@@ -11,6 +11,7 @@ import { JobMetrics } from '../metrics/job-metrics.js';
 import { startMetricsServer } from '../metrics/http-server.js';
 import { cachedRendering } from '../metrics/exposition-cache.js';
 import { readinessCheck } from '../metrics/readiness.js';
+import { admissionConfig, newAdmissionId } from '../jobs/scheduling-policy.js';
 import { Reconciler } from '../jobs/reconciler.js';
 import { UpstreamTlsState } from '../tls/upstream-tls.js';
 import { PauseSwitch } from '../admin/pause-switch.js';
@@ -77,7 +78,11 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
   const pause = new PauseSwitch();
   pause.exportTo(metrics.registry);
   const registryUrl = current.jobs.enabled ? current.jobs.registryUrl : null;
-  const reconciler = registryUrl ? new Reconciler(registryUrl, current.jobs.reconcileInterval, log, current.upstream.connectTimeout, serverTls) : null;
+  // One admission id for the whole proxy: the workers inherit it with their environment.
+  const admission = newAdmissionId();
+  process.env.PGBG_ADMISSION_ID = admission;
+  const reconciler = registryUrl ? new Reconciler(registryUrl, current.jobs.reconcileInterval, log, current.upstream.connectTimeout, serverTls, admission) : null;
+  reconciler?.setAdmissionConfig(admissionConfig(current));
   reconciler?.start();
   const jobMetrics = registryUrl ? new JobMetrics(registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, current.upstream.connectTimeout, serverTls) : null;
 
@@ -129,6 +134,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     currentRaw = raw;
     broadcast({ pgbg: 'config', config: raw });
     reconciler?.setInterval(next.jobs.reconcileInterval);
+    reconciler?.setAdmissionConfig(admissionConfig(next));
     upstreamTls.reload(next.tls.server);
     log.info({ rules: next.rules.length, workers: workers.size }, 'configuration reloaded');
     return `configuration reloaded (${next.rules.length} rules) in ${workers.size} workers`;

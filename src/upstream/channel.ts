@@ -15,8 +15,11 @@ export interface Exchange {
  * (no client statement in flight); the session holds client traffic until the exchange ends.
  */
 export interface SessionChannel {
-  /** Writes the messages (ending in Sync or a Query) and resolves at ReadyForQuery. */
-  exchange(messages: Buffer[]): Promise<Exchange>;
+  /**
+   * Writes the messages (ending in Sync or a Query) and resolves at ReadyForQuery, or at the
+   * readyCount-th one when several Sync/Query messages are pipelined in one write.
+   */
+  exchange(messages: Buffer[], readyCount?: number): Promise<Exchange>;
   /** Transaction status from the last ReadyForQuery. */
   readonly txStatus: 'I' | 'T' | 'E';
   readonly backendPid: number;

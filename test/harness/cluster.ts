@@ -177,6 +177,8 @@ export interface Cluster extends ClusterInfo {
   logTail(lines?: number): string;
   /** Immediate shutdown and removal of the directory (throws for the shared cluster in workers). */
   stop(): Promise<void>;
+  /** pg_ctl restart with the given shutdown mode, same port and settings (owned clusters only). */
+  restart(mode: 'fast' | 'immediate'): Promise<void>;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -630,6 +632,11 @@ export function makeCluster(info: ClusterInfo, opts: { owned: boolean }): Cluste
       await run(pgCtl, pgCtlArgs(info, ['stop', '-m', 'immediate', '-w', '-t', '30']), { osUser: info.osUser });
       if (!process.env.PGBG_TEST_KEEP) await fs.rm(info.baseDir, { recursive: true, force: true });
       live.delete(info);
+    },
+    async restart(mode: 'fast' | 'immediate'): Promise<void> {
+      if (!opts.owned) throw new Error('this cluster is shared by the whole test run; restart a cluster of your own');
+      const r = await run(path.join(info.binDir, 'pg_ctl'), ['restart', '-D', info.dataDir, '-m', mode, '-w', '-t', '60', '-l', info.logFile], { osUser: info.osUser });
+      if (r.code !== 0) fail(`pg_ctl restart -m ${mode}`, r, info.logFile);
     },
   };
   return cluster;

@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { getCluster, pgErrorOf } from '../harness/index.js';
+import { eventually, getCluster, pgErrorOf } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
 import { validateConfig } from '../../src/config/load.js';
@@ -94,7 +94,9 @@ describe('fairness between roles within one priority (item 5)', () => {
     const alice = await connectAs(via, 'fair_qb_a');
     const bob = await connectAs(via, 'fair_qb_b');
     const ids: string[] = [];
-    for (let i = 0; i < 4; i++) ids.push(await submit(alice, 'SELECT pg_sleep(2) /* qb_probe */'));
+    ids.push(await submit(alice, 'SELECT pg_sleep(2) /* qb_probe */'));
+    await eventually(async () => (await observer.query('SELECT state FROM pgbg.job WHERE id = $1', [ids[0]])).rows[0].state === 'running', 5000, 20);
+    for (let i = 0; i < 3; i++) ids.push(await submit(alice, 'SELECT pg_sleep(2) /* qb_probe */'));
     const states = (await observer.query('SELECT state FROM pgbg.job WHERE id = ANY($1::bigint[]) ORDER BY id', [ids])).rows.map((r) => r.state);
     expect(states).toEqual(['running', 'queued', 'queued', 'queued']);
     const count = async (owner: string) => (await observer.query('SELECT count(*)::int AS n FROM pgbg.job WHERE owner = $1', [owner])).rows[0].n;
@@ -207,6 +209,7 @@ describe('options validated at submission; permanent launch failures end the job
     const doomed = await submit(carol, 'SELECT 2 /* perm_probe */');
     const later = await submit(alice, 'SELECT 3 /* perm_probe */');
     const state = async (id: string) => (await observer.query('SELECT state FROM pgbg.job WHERE id = $1', [id])).rows[0].state;
+    await eventually(async () => (await state(first)) === 'running', 5000, 20);
     expect([await state(doomed), await state(later)]).toEqual(['queued', 'queued']);
     // carol loses the right to launch workers while her job waits: it can never launch now.
     await observer.query('REVOKE pgbackground_role FROM fair_perm_c');

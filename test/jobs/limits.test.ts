@@ -5,6 +5,7 @@ import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
 import { validateConfig } from '../../src/config/load.js';
 
+
 const cluster = getCluster();
 let via: TestProxy;
 let db: string;
@@ -92,7 +93,8 @@ describe('limits are reloadable', () => {
     // running on the shared cluster cannot change what this test sees.
     const settings = (maxInFlight: number) => ({
       upstream: { host: cluster.host, port: cluster.port },
-      jobs: { supervisePoll: 50 },
+      // The limits reach the database's launcher through the registry (pgbg.admission_config).
+      jobs: { registryUrl: cluster.url('postgres', db) },
       rules: [{ name: 'reload-probe', match: { pattern: 'reload_probe' }, maxInFlight }],
     });
     const own = await startTestProxy(cluster, settings(1));
@@ -120,7 +122,7 @@ describe('limits are reloadable', () => {
 });
 
 describe('worker slots taken by other workers (scheduling acceptance 2)', () => {
-  it('queues submissions instead of failing while max_worker_processes is used up, and runs them when slots free', async () => {
+  it('queues submissions instead of failing while max_worker_processes is used up, and runs them when slots free', { timeout: 120_000 }, async () => {
     // A cluster of its own: filling its worker slots must not disturb other test files.
     const { startCluster } = await import('../harness/cluster.js');
     const small = await startCluster({ settings: { max_worker_processes: '6', max_connections: '30' } });
@@ -146,11 +148,38 @@ describe('worker slots taken by other workers (scheduling acceptance 2)', () => 
       expect(others).toBeGreaterThan(0);
       const r = await client.query('/*+ background */ SELECT 42');
       expect(r.rows[0].state).toBe('queued');
+      // Not even the launcher could start: the job says it waits for one.
+      expect((await watcher.query('SELECT waiting_for_launcher FROM pgbg.jobs WHERE id = $1', [r.rows[0].job_id])).rows[0].waiting_for_launcher).toBe(true);
       // The other work goes away (real workers finish their sleep; the stand-in's worker
       // connections close with the session that holds their handles).
       await filler.end();
+      // The submitting session tries again every second, so once slots are free the launcher
+      // starts and runs the job.
       const job = await waitJob(watcher, String(r.rows[0].job_id), '60 s');
       expect(job.state).toBe('succeeded');
+
+      // jobs.maxInFlight: unlimited: no queueing for capacity; a launch without a free slot
+      // fails the job with the server's error. alice's launcher (idle for 10 s) still holds its slot.
+      const unlimited = await startTestProxy(small, { jobs: { maxInFlight: 'unlimited' } });
+      const filler2 = await small.connect({ database: sdb });
+      await filler2.query('SET pg_background.max_workers = 100');
+      const handles: number[] = [];
+      for (let i = 0; i < 40; i++) {
+        const h = await filler2.query("SELECT (pg_background_launch_v2('SELECT pg_sleep(5)')).pid AS pid").catch((e) => e);
+        if (h instanceof Error) break;
+        handles.push(h.rows[0].pid);
+      }
+      expect(handles.length).toBeGreaterThan(0);
+      expect((await watcher.query("SELECT alive FROM pgbg.launchers WHERE login = 'alice'")).rows[0].alive).toBe(true);
+      const u = await unlimited.connect({ user: 'alice', database: sdb });
+      const failed = await u.query('/*+ background */ SELECT 43');
+      const ended = await waitJob(watcher, String(failed.rows[0].job_id), '30 s');
+      expect(ended.state).toBe('failed');
+      expect(['53000', '53300', '53400']).toContain(ended.sqlstate);
+      expect(ended.error).toMatch(/launch failed/);
+      await u.end();
+      await filler2.end();
+      await unlimited.close();
       await watcher.end();
       await client.end();
     } finally {

@@ -103,7 +103,7 @@ describe('client session settings do not change what a job does (item 9)', () =>
     // The shadowing is real in this session.
     expect((await c.query("SELECT 'a'::text = 'a'::text AS eq")).rows[0].eq).toBe(false);
     const id = await submit(c, "/*+ background */ INSERT INTO notes VALUES ('shadow', 'plain')");
-    expect((await waitJob(observer, id)).state).toBe('succeeded');
+    { const j = await waitJob(observer, id); expect(j.state, JSON.stringify(j)).toBe("succeeded"); }
     const rows = await submit(c, "/*+ background */ SELECT tag, v FROM notes WHERE tag OPERATOR(pg_catalog.=) 'shadow'");
     expect((await waitJob(observer, rows)).state).toBe('succeeded');
     expect((await c.query('SELECT r FROM pgbg.result($1) r', [rows])).rows.map((r) => r.r)).toEqual([{ tag: 'shadow', v: 'plain' }]);

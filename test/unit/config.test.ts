@@ -88,6 +88,8 @@ describe('schema defaults', () => {
       migrateOnStart: false,
       reconcileInterval: 5000,
       supervisePoll: 200,
+      launcherIdle: 10_000,
+      carrySettings: [],
       inTransaction: 'reject',
       maxInFlight: 'auto',
       maxInFlightPerDatabase: {},

@@ -36,6 +36,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(3, '003-privilege.sql', 'no privilege escape: verified worker pids, per-role notification channels, private per-role counts, no direct INSERT'),
   migration(4, '004-fair-queue.sql', 'fair queue: round-robin between roles, per-role queue bound, options validated at submission, permanent launch failures end the job'),
   migration(5, '005-pg-background-api.sql', 'pg_background 1.3 (v1), 1.6-1.10 (_v2 names) and 2.x (unsuffixed handle API), chosen by which functions exist'),
+  migration(6, '006-launcher.sql', 'the database owns a job once its row commits: a launcher per (database, login) launches, supervises and recovers; submission captures session settings'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */

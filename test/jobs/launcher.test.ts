@@ -1,0 +1,144 @@
+/**
+ * The launcher (registry version 6): a pg_background worker per (database, login) that launches,
+ * supervises and recovers that login's jobs, driven here straight through SQL (pgbg.enqueue), no
+ * proxy in between.
+ *
+ *   npx vitest run test/jobs/launcher.test.ts
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, getCluster } from '../harness/index.js';
+import { registryDatabase, submit, waitJob } from '../support/jobs.js';
+import { startTestProxy } from '../support/proxy.js';
+
+const cluster = getCluster();
+let db: string;
+const open: pg.Client[] = [];
+
+async function session(database = db, user = 'postgres'): Promise<pg.Client> {
+  const c = new pg.Client(cluster.clientConfig({ user, database }));
+  c.on('error', () => undefined);
+  await c.connect();
+  open.push(c);
+  return c;
+}
+
+async function enqueue(c: pg.Client, statement: string, kind: string, transactional = true, options: object = {}): Promise<{ job_id: string; state: string; launcher_started: number | null }> {
+  const r = await c.query('SELECT * FROM pgbg.enqueue($1, $2, $3, NULL, $4::jsonb, NULL, NULL, NULL, NULL, 2000)', [statement, kind, transactional, JSON.stringify(options)]);
+  return r.rows[0];
+}
+
+beforeAll(async () => {
+  db = await registryDatabase(cluster);
+  const c = await session();
+  await c.query('CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counter VALUES (1, 0)');
+});
+
+afterAll(async () => {
+  for (const c of open) await c.end().catch(() => undefined);
+});
+
+describe('launcher', () => {
+  it('a submission starts the launcher, which runs the job; the launcher exits when idle', async () => {
+    const c = await session();
+    const first = await enqueue(c, 'UPDATE counter SET n = n + 5 WHERE id = 1', 'UPDATE');
+    expect(first.state).toBe('queued');
+    expect(first.launcher_started).toBeGreaterThan(0);
+    const done = await waitJob(c, first.job_id, '20 s');
+    expect(done.state, JSON.stringify(done)).toBe("succeeded");
+    expect((await c.query('SELECT n FROM counter WHERE id = 1')).rows[0].n).toBe('5');
+    const launchers = await c.query('SELECT * FROM pgbg.launchers');
+    expect(launchers.rows.length).toBe(1);
+    expect(launchers.rows[0].launched).toBe('1');
+    // idle 2 s: it exits, and says so
+    await eventually(async () => {
+      const r = await c.query('SELECT alive, exit_reason FROM pgbg.launchers');
+      return r.rows[0].alive === false && r.rows[0].exit_reason === 'idle';
+    }, 15_000, 200);
+  });
+});
+
+describe('settings captured at submission (acceptance 5)', () => {
+  it('two sessions with different search_path, TimeZone and a custom setting each get their own in their job', async () => {
+    const admin = await session();
+    await admin.query(`
+      CREATE SCHEMA s1 AUTHORIZATION alice; CREATE SCHEMA s2 AUTHORIZATION alice;
+      CREATE TABLE s1.seen (tz text, tenant text, stamp text); ALTER TABLE s1.seen OWNER TO alice;
+      CREATE TABLE s2.seen (tz text, tenant text, stamp text); ALTER TABLE s2.seen OWNER TO alice;
+      CREATE TABLE public.seen (tz text, tenant text, stamp text); ALTER TABLE public.seen OWNER TO alice;
+    `);
+    const via = await startTestProxy(cluster, { jobs: { carrySettings: ['myapp.tenant'] } });
+    try {
+      const tokyo = await via.connect({ user: 'alice', database: db });
+      const ny = await via.connect({ user: 'alice', database: db });
+      const plain = await via.connect({ user: 'alice', database: db });
+      await tokyo.query("SET search_path = s1; SET TimeZone = 'Asia/Tokyo'; SET myapp.tenant = 'east'; SET DateStyle = 'German'");
+      await ny.query("SET search_path = s2, public; SET TimeZone = 'America/New_York'; SET myapp.tenant = 'west'");
+      const statement = "/*+ background */ INSERT INTO seen SELECT current_setting('TimeZone'), current_setting('myapp.tenant', true), '2026-12-03 12:00+00'::timestamptz::text";
+      const ids = [await submit(tokyo, statement), await submit(ny, statement), await submit(plain, statement)];
+      for (const id of ids) { const j = await waitJob(admin, id); expect(j.state, JSON.stringify(j)).toBe("succeeded"); }
+      expect((await admin.query('SELECT * FROM s1.seen')).rows).toEqual([{ tz: 'Asia/Tokyo', tenant: 'east', stamp: '03.12.2026 21:00:00 JST' }]);
+      expect((await admin.query('SELECT * FROM s2.seen')).rows).toEqual([{ tz: 'America/New_York', tenant: 'west', stamp: '2026-12-03 07:00:00-05' }]);
+      // Nothing set: the role's and database's own defaults, not the other sessions'.
+      const defaults = (await admin.query("SELECT current_setting('TimeZone') AS tz")).rows[0].tz;
+      // (A named custom setting the session never set reaches the job empty: a placeholder
+      // another job's launch defined cannot be undefined again.)
+      const plainRow = (await admin.query('SELECT tz, tenant FROM public.seen')).rows[0];
+      expect(plainRow.tz).toBe(defaults);
+      expect([null, '']).toContain(plainRow.tenant);
+      for (const c of [tokyo, ny, plain]) await c.end();
+    } finally {
+      await via.close();
+    }
+  });
+});
+
+describe('a terminated launcher (acceptance 4)', () => {
+  it('its queued jobs run after the next session of the role; its supervised jobs end as their effect says', { timeout: 60_000 }, async () => {
+    const admin = await session();
+    await admin.query(`
+      CREATE TABLE built (id int PRIMARY KEY, v int); INSERT INTO built SELECT g, g FROM generate_series(1, 100) g;
+      ALTER TABLE built OWNER TO alice;
+      CREATE TABLE after_call (at timestamptz); ALTER TABLE after_call OWNER TO alice;
+      CREATE PROCEDURE slow_call() LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.5); INSERT INTO after_call VALUES (now()); END $$;
+      GRANT EXECUTE ON PROCEDURE slow_call() TO alice;
+    `);
+    // alice may hold all but one of the 3 slots: the build and the call run, the rest queue.
+    const via = await startTestProxy(cluster, { jobs: { maxInFlight: 3 } });
+    try {
+      const alice = await via.connect({ user: 'alice', database: db });
+      // A writer's open transaction holds the index build in its first wait.
+      const writer = await session();
+      await writer.query('BEGIN; UPDATE built SET v = v WHERE id = 1');
+      const build = await submit(alice, '/*+ background */ CREATE INDEX CONCURRENTLY built_v_idx ON built (v)');
+      const call = await submit(alice, '/*+ background */ CALL slow_call()');
+      const state = async (id: string) => (await admin.query('SELECT state, waiting_for_launcher FROM pgbg.jobs WHERE id = $1', [id])).rows[0];
+      await eventually(async () => (await state(build)).state === 'running' && (await state(call)).state === 'running', 10_000, 50);
+      const queued = [await submit(alice, "/*+ background */ INSERT INTO after_call VALUES ('2000-01-01')"), await submit(alice, '/*+ background */ SELECT 1')];
+      await alice.end();
+      const launcher = (await admin.query("SELECT pid FROM pgbg.launchers WHERE login = 'alice' AND alive")).rows[0].pid;
+      expect((await admin.query('SELECT pg_terminate_backend($1) AS t', [launcher])).rows[0].t).toBe(true);
+      await eventually(async () => (await admin.query("SELECT alive FROM pgbg.launchers WHERE login = 'alice'")).rows[0].alive === false, 5000, 50);
+      // Nobody launches them now: they say they wait for a launcher.
+      for (const id of queued) expect(await state(id)).toEqual({ state: 'queued', waiting_for_launcher: true });
+      await writer.query('COMMIT');
+      // The next session of alice (after this proxy's 2 s between looks) starts a new launcher.
+      await new Promise((r) => setTimeout(r, 2100));
+      const next = await via.connect({ user: 'alice', database: db });
+      await next.query('SELECT 1');
+      for (const id of queued) expect((await waitJob(admin, id)).state).toBe('succeeded');
+      const built = await waitJob(admin, build);
+      const valid = (await admin.query("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass('built_v_idx')")).rows[0]?.indisvalid;
+      // The build's outcome was never read by anyone; the catalog says what happened.
+      if (built.state === 'succeeded') expect(valid).toBe(true);
+      else expect(built.state === 'failed' ? valid : undefined).toBe(built.state === 'failed' ? false : undefined);
+      expect(['succeeded', 'failed']).toContain(built.state);
+      const called = await waitJob(admin, call);
+      expect(called.state).toBe('lost');
+      expect(called.lost_reason).toMatch(/launcher ended/);
+      await next.end();
+    } finally {
+      await via.close();
+    }
+  });
+});
