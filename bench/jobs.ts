@@ -45,7 +45,12 @@ export interface ConcurrentSummary {
   errors: number;
   firstError?: string;
   seconds: number;
+  /** Statements answered per second (job ids handed out). */
   perSecond: number;
+  /** Seconds from the first statement until every job had finished (no job queued or running, no worker left). */
+  secondsToDone: number;
+  /** Jobs finished per second: jobs / secondsToDone. */
+  donePerSecond: number;
 }
 
 export type Kind = 'proxy' | 'direct';
@@ -87,7 +92,8 @@ async function connect(cfg: pg.ClientConfig, name: string): Promise<pg.Client> {
 export async function drain(monitor: pg.Client, timeoutMs = 60_000): Promise<{ ms: number; timedOut: boolean; left: string }> {
   const t0 = nowMs();
   const hasRegistry = (await monitor.query(`SELECT to_regclass('pgbg.jobs') IS NOT NULL AS ok`)).rows[0].ok as boolean;
-  const sql = `SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_background')::int AS workers, ${
+  // Launchers (pgbg.run_launcher) are pg_background workers too, but idle ones are no job.
+  const sql = `SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_background' AND query NOT LIKE 'CALL pgbg.run_launcher(%')::int AS workers, ${
     hasRegistry ? `(SELECT count(*) FROM pgbg.jobs WHERE state IN ('queued', 'running'))::int` : '0'
   } AS active`;
   for (;;) {
@@ -192,8 +198,8 @@ export async function runJobBench(cfg: JobBenchConfig, log: (line: string) => vo
       }
     }
     const acc: Record<Kind, ConcurrentSummary> = {
-      proxy: { clients: cfg.concurrency, jobs: 0, errors: 0, seconds: 0, perSecond: NaN },
-      direct: { clients: cfg.concurrency, jobs: 0, errors: 0, seconds: 0, perSecond: NaN },
+      proxy: { clients: cfg.concurrency, jobs: 0, errors: 0, seconds: 0, perSecond: NaN, secondsToDone: 0, donePerSecond: NaN },
+      direct: { clients: cfg.concurrency, jobs: 0, errors: 0, seconds: 0, perSecond: NaN, secondsToDone: 0, donePerSecond: NaN },
     };
     const rounds = [...kinds, ...[...kinds].reverse()];
     for (const kind of rounds) {
@@ -214,9 +220,11 @@ export async function runJobBench(cfg: JobBenchConfig, log: (line: string) => vo
       );
       acc[kind].seconds += (nowMs() - t0) / 1000;
       await settle();
+      acc[kind].secondsToDone += (nowMs() - t0) / 1000;
     }
     for (const kind of kinds) {
       acc[kind].perSecond = acc[kind].jobs / acc[kind].seconds;
+      acc[kind].donePerSecond = acc[kind].jobs / acc[kind].secondsToDone;
       result.concurrent[kind] = acc[kind];
     }
     return result;

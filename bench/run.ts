@@ -755,10 +755,11 @@ async function main(): Promise<number> {
         fmt(s.meanMs, 1),
         fmt(s.sequentialPerSecond, 1),
         c ? fmt(c.perSecond, 1) : 'n/a',
+        c ? fmt(c.donePerSecond, 1) : 'n/a',
         String(s.errors + (c?.errors ?? 0)),
       ]);
     }
-    log(table(['kind', 'n', 'p50 ms', 'p99 ms', 'mean ms', 'jobs/s seq', `jobs/s ${cfg.jobClients} clients`, 'errors'], jrows));
+    log(table(['kind', 'n', 'p50 ms', 'p99 ms', 'mean ms', 'jobs/s seq', `ids/s ${cfg.jobClients} clients`, `done/s ${cfg.jobClients} clients`, 'errors'], jrows));
     for (const kind of ['proxy', 'direct'] as const) {
       const e = jobs.sequential[kind]?.firstError ?? jobs.concurrent[kind]?.firstError;
       if (e) log(`  first ${kind} error: ${e}`);
@@ -767,7 +768,8 @@ async function main(): Promise<number> {
       log(
         `  proxy/direct: p50 ${fmt(ratio(jobs.sequential.proxy.p50Ms, jobs.sequential.direct.p50Ms), 2)}x, ` +
           `p50 difference ${fmt(jobs.sequential.proxy.p50Ms - jobs.sequential.direct.p50Ms, 1)} ms; ` +
-          `concurrent rate ${fmt(ratio(jobs.concurrent.proxy?.perSecond ?? NaN, jobs.concurrent.direct?.perSecond ?? NaN), 2)}x`,
+          `concurrent rate ${fmt(ratio(jobs.concurrent.proxy?.perSecond ?? NaN, jobs.concurrent.direct?.perSecond ?? NaN), 2)}x (ids), ` +
+          `${fmt(ratio(jobs.concurrent.proxy?.donePerSecond ?? NaN, jobs.concurrent.direct?.donePerSecond ?? NaN), 2)}x (jobs done, drain included)`,
       );
     }
     log(`  longest wait for workers to finish between blocks: ${fmt(jobs.maxDrainMs)} ms${jobs.drainTimeouts ? ` (${jobs.drainTimeouts} timeouts)` : ''}`);

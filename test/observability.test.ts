@@ -81,6 +81,27 @@ describe('Prometheus endpoint', () => {
     await client.end();
   });
 
+  it('shows launchers (SHOW LAUNCHERS, pgbg_launchers) and jobs waiting for one (pgbg_jobs_waiting_for_launcher, SHOW JOBS)', async () => {
+    const client = await via.connect({ user: 'alice', database: db });
+    const at = new Date(Date.now() + 20_000).toISOString();
+    const id = await submit(client, `/*+ background(not_before='${at}') */ SELECT 1`);
+    const console = new pg.Client({ ...cluster.clientConfig({ user: 'postgres' }), port: via.port, database: 'pgbg' });
+    await console.connect();
+    const alive = await eventually(async () => (await console.query('SHOW LAUNCHERS')).rows.find((r) => r.login === 'alice' && r.alive === true), 5000, 50);
+    expect(Number(alive.queued)).toBeGreaterThanOrEqual(1);
+    expect(sample(await scrape(), 'pgbg_launchers')).toBeGreaterThanOrEqual(1);
+    // Its launcher terminated: the queued job says it waits for the next session of alice.
+    await observer.query('SELECT pg_terminate_backend($1)', [alive.pid]);
+    await eventually(async () => (await console.query('SHOW LAUNCHERS')).rows.find((r) => r.login === 'alice')?.alive === false, 5000, 50);
+    expect(await scrape()).toMatch(/pgbg_jobs_waiting_for_launcher\{database="[^"]+",user="alice"\} 1/);
+    const shown = (await console.query('SHOW JOBS')).rows.find((r) => r.id === id);
+    expect(shown).toMatchObject({ state: 'queued', waiting_for_launcher: true });
+    expect((await client.query('SELECT pgbg.cancel($1)', [id])).rows[0].cancel).toBe(true);
+    expect(sample(await scrape(), 'pgbg_jobs_waiting_for_launcher')).toBe(0);
+    await console.end();
+    await client.end();
+  });
+
   it('passes promtool check metrics, with bounded label values, and serves /healthz and /readyz', async () => {
     const text = await scrape();
     const promtool = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });

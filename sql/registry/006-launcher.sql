@@ -330,8 +330,10 @@ AS $fn$
                         'default_transaction_deferrable', 'transaction_isolation', 'transaction_read_only',
                         'transaction_deferrable', 'idle_in_transaction_session_timeout', 'idle_session_timeout',
                         'client_min_messages')
-     AND p_name NOT LIKE 'pg\_background.%'
-     AND p_name NOT LIKE 'pgbg\_standin.%'
+     -- E'' literals: a session with standard_conforming_strings = off (which a job carries into
+     -- its launcher) must read them the same, and without a WARNING
+     AND p_name NOT LIKE E'pg\\_background.%'
+     AND p_name NOT LIKE E'pgbg\\_standin.%'
 $fn$;
 
 -- The calling session's settings that can change what a statement means: every user-settable
@@ -355,7 +357,7 @@ AS $fn$
           UNION
           SELECT n.name, pg_catalog.current_setting(n.name, true)
             FROM pg_catalog.unnest(p_names) AS n(name)
-           WHERE n.name OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z0-9_.$]+$'
+           WHERE n.name OPERATOR(pg_catalog.~) E'^[A-Za-z_][A-Za-z0-9_$]*\\.[A-Za-z0-9_.$]+$'
              AND pgbg._setting_is_captured(n.name)
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) n.name)) x
 $fn$;
@@ -791,7 +793,6 @@ BEGIN
       PERFORM pg_catalog.set_config(s.key, s.value, true);
     END IF;
   END LOOP;
-  PERFORM pg_catalog.set_config('client_min_messages', 'notice', true);
   PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
   PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
@@ -811,6 +812,7 @@ BEGIN
   PERFORM pg_catalog.set_config('statement_timeout', '0', true);
   PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
   PERFORM pg_catalog.set_config('client_min_messages', 'error', true);
+  PERFORM pg_catalog.set_config('standard_conforming_strings', 'on', true);
   api := v_info.api;
 
   IF v.transactional AND v_info.detach_function IS NOT NULL THEN
@@ -1011,6 +1013,9 @@ BEGIN
   -- its job's own (see pgbg._launcher_launch). The launcher's few of its own:
   PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false);
   PERFORM pg_catalog.set_config('client_min_messages', 'error', false);
+  -- The registry's functions are written for standard_conforming_strings = on (a copied "off"
+  -- would change what their backslash literals mean).
+  PERFORM pg_catalog.set_config('standard_conforming_strings', 'on', false);
   PERFORM pg_catalog.set_config('statement_timeout', '0', false);
   PERFORM pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false);
   PERFORM pg_catalog.set_config('application_name', 'pgbg launcher', false);

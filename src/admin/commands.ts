@@ -5,6 +5,7 @@ import { SqlState } from '../protocol/sqlstate.js';
 import type { AdminIdentity } from './admin-auth.js';
 import type { AdminControls, MetricSnapshot } from './controls.js';
 import { listJobs, JOB_COLUMNS } from './job-listing.js';
+import { listLaunchers, LAUNCHER_COLUMNS } from './launcher-listing.js';
 import type { RegistryConnection } from '../jobs/registry-connection.js';
 import { columns, type Cell, type ResultColumn, type ResultSet } from './result-set.js';
 
@@ -62,6 +63,13 @@ export const COMMANDS: readonly AdminCommand[] = [
     pattern: /^SHOW\s+JOBS$/i,
     columns: JOB_COLUMNS,
     run: (ctx) => listJobs(ctx.registry),
+  },
+  {
+    syntax: 'SHOW LAUNCHERS',
+    description: 'the launcher of each login with jobs (alive, pid, launched, supervising, queued, running)',
+    pattern: /^SHOW\s+LAUNCHERS$/i,
+    columns: LAUNCHER_COLUMNS,
+    run: (ctx) => listLaunchers(ctx.registry),
   },
   {
     syntax: 'SHOW RULES',

@@ -27,6 +27,7 @@ export const JOB_COLUMNS = columns(
   'percent_done:float8',
   'statement',
   'error',
+  'waiting_for_launcher:bool',
 );
 
 /**
@@ -63,7 +64,8 @@ SELECT j.id::text AS id,
        pg_catalog.round(p.percent, 1)::float8 AS percent_done,
        CASE WHEN pg_catalog.length(s.flat) > ${STATEMENT_WIDTH} THEN pg_catalog.left(s.flat, ${STATEMENT_WIDTH - 1}) || '…' ELSE s.flat END AS statement,
        CASE WHEN j.state = 'lost' THEN j.lost_reason
-            WHEN j.error IS NOT NULL THEN COALESCE(j.sqlstate || ': ', '') || j.error END AS error
+            WHEN j.error IS NOT NULL THEN COALESCE(j.sqlstate || ': ', '') || j.error END AS error,
+       CASE WHEN j.state = 'queued' THEN NOT pgbg._launcher_alive(j.login) END AS waiting_for_launcher
   FROM chosen j
   CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace(pg_catalog.btrim(j.statement), '\\s+', ' ', 'g') AS flat) s
   LEFT JOIN pg_catalog.pg_stat_activity a
@@ -76,7 +78,7 @@ SELECT j.id::text AS id,
           CASE WHEN j.state IN ('queued', 'running') THEN j.id END,
           j.finished_at DESC NULLS LAST, j.id DESC`;
 
-const KEYS = ['id', 'state', 'user', 'database', 'rule', 'kind', 'priority', 'queue_position', 'not_before', 'attempts', 'submitted_at', 'started_at', 'elapsed', 'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error'] as const;
+const KEYS = ['id', 'state', 'user', 'database', 'rule', 'kind', 'priority', 'queue_position', 'not_before', 'attempts', 'submitted_at', 'started_at', 'elapsed', 'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error', 'waiting_for_launcher'] as const;
 
 /** SHOW JOBS. */
 export async function listJobs(registry: RegistryConnection): Promise<ResultSet> {

@@ -17,6 +17,8 @@ interface Snapshot {
   inFlight: GroupCount[];
   queued: GroupCount[];
   slots: { max: string; used: string } | null;
+  waiting: GroupCount[];
+  launchers: string | number | null;
 }
 
 interface FinishedRow {
@@ -42,6 +44,10 @@ const SNAPSHOT_SQL = `SELECT
      SELECT database, owner, rule, count(*) AS n,
             extract(epoch FROM clock_timestamp() - min(queued_at))::float8 AS oldest
        FROM pgbg.job WHERE state = 'queued' GROUP BY 1, 2, 3) g) AS queued,
+  (SELECT COALESCE(jsonb_agg(g), '[]') FROM (
+     SELECT database, login AS owner, NULL AS rule, count(*) AS n
+       FROM pgbg.job WHERE state = 'queued' AND NOT pgbg._launcher_alive(login) GROUP BY 1, 2) g) AS waiting,
+  (SELECT count(*) FILTER (WHERE l.alive) FROM pgbg.launchers l) AS launchers,
   (SELECT to_jsonb(s) FROM (
      SELECT current_setting('max_worker_processes') AS max, pgbg.worker_slots_used() AS used) s) AS slots,
   (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', f.id::text, 'database', f.database, 'rule', f.rule, 'state', f.state,
@@ -111,6 +117,24 @@ export class JobMetrics {
       },
     });
     new Gauge({
+      name: 'pgbg_launchers',
+      help: 'Live job launchers (one pg_background worker per database and login with work) of the registry database.',
+      registers: [metricsRegistry],
+      async collect() {
+        this.set(Number((await self.snapshot()).launchers ?? 0));
+      },
+    });
+    new Gauge({
+      name: 'pgbg_jobs_waiting_for_launcher',
+      help: 'Queued jobs whose login has no live launcher (after a server restart or a terminated launcher) until a session of that login starts one.',
+      labelNames: ['database', 'user'],
+      registers: [metricsRegistry],
+      async collect() {
+        this.reset();
+        for (const r of (await self.snapshot()).waiting) this.set({ database: r.database, user: r.owner }, Number(r.n));
+      },
+    });
+    new Gauge({
       name: 'pgbg_worker_slots',
       help: 'Background worker slots of the server: the max_worker_processes limit and the slots in use by any background worker.',
       labelNames: ['kind'],
@@ -168,17 +192,17 @@ export class JobMetrics {
   private async load(): Promise<Snapshot> {
     if (!this.primed) await this.prime();
     // One statement, so one round trip and one consistent view of the registry per interval.
-    const rows = await this.query<{ in_flight: GroupCount[]; queued: GroupCount[]; slots: { max: string; used: string } | null; after_cursor: FinishedRow[] }>(
+    const rows = await this.query<{ in_flight: GroupCount[]; queued: GroupCount[]; waiting: GroupCount[]; launchers: string | null; slots: { max: string; used: string } | null; after_cursor: FinishedRow[] }>(
       SNAPSHOT_SQL,
       [this.lastFinishedId.toString()],
       'pgbg_metrics_snapshot',
     );
     const row = rows[0];
-    if (!row) return { inFlight: [], queued: [], slots: null };
+    if (!row) return { inFlight: [], queued: [], slots: null, waiting: [], launchers: null };
     // Unprimed (the first reading failed), the cursor is 0: counting now would count every job
     // that had finished before this proxy started.
     if (this.primed) this.countFinished(row.after_cursor);
-    return { inFlight: row.in_flight, queued: row.queued, slots: row.slots };
+    return { inFlight: row.in_flight, queued: row.queued, slots: row.slots, waiting: row.waiting, launchers: row.launchers };
   }
 
   /** Jobs already finished when this proxy started (first reading, at construction) are not counted; active ones will be. */

@@ -488,3 +488,71 @@ describe('hints, settings and the extended protocol (through the proxy)', () => 
     expect((await one(alice, "SELECT pg_has_role('alice', 'pgbg_admin', 'MEMBER') AS m")).m).toBe(false);
   });
 });
+
+describe('the launcher (registry 6): only a login\'s live launcher launches, and only that login\'s jobs', () => {
+  const enqueueArgs = "'SELECT 1', 'SELECT', true, NULL, NULL, 0, NULL, NULL";
+  it("40. _launcher_mark of alice's own queued job from a session that is not her launcher: 42501; still queued", async () => {
+    const { id } = await one(alice, `SELECT pgbg.submit('SELECT 1', 'SELECT', true, NULL, NULL, $1::jsonb) AS id`, [JSON.stringify(FUTURE)]);
+    const e = await pgErrorOf(alice.query('SELECT pgbg._launcher_mark($1, pg_backend_pid(), 1, 2)', [id]));
+    expect(e.code).toBe('42501');
+    expect((await row(id))?.state).toBe('queued');
+  });
+
+  it("41. alice takes her login's launcher lock herself and marks, fails or launches bob's queued job: refused; bob's job untouched", async () => {
+    const own = await session('alice');
+    // alice's real launcher (from the jobs above) goes first, so that she can take its lock
+    await cluster.query("SELECT pg_terminate_backend(pid) FROM pgbg.launchers WHERE login = 'alice' AND alive AND pid IS NOT NULL", [], { database: db });
+    let got = false;
+    for (let i = 0; i < 100 && !got; i++) {
+      got = (await one(own, "SELECT pg_try_advisory_lock(1885825635, pgbg._launcher_key('alice')) AS ok")).ok;
+      if (!got) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(got).toBe(true);
+    try {
+      expect((await pgErrorOf(own.query('SELECT pgbg._launcher_mark($1, pg_backend_pid(), 1, 2)', [bobQueued]))).code).toBe('42501');
+      expect((await one(own, "SELECT pgbg._launcher_fail($1, '53000', 'forged') AS ok", [bobQueued])).ok).toBe(false);
+      expect((await pgErrorOf(own.query('SELECT * FROM pgbg._launcher_launch($1)', [bobQueued]))).code).toBe('55000');
+      expect((await one(own, 'SELECT count(*)::int AS n FROM pgbg._launcher_candidates(100) c WHERE c.job_id = $1', [bobQueued])).n).toBe(0);
+    } finally {
+      await own.query("SELECT pg_advisory_unlock(1885825635, pgbg._launcher_key('alice'))");
+    }
+    expect(await row(bobQueued)).toMatchObject({ state: 'queued', worker_pid: null, attempts: 0 });
+  });
+
+  it('42. a job that would carry role or session_authorization as a setting: 22023; no row', async () => {
+    const before = await count("SELECT count(*) AS n FROM pgbg.job WHERE owner = 'alice'");
+    for (const settings of [{ role: 'postgres' }, { session_authorization: 'postgres' }, { 'pg_background.max_workers': '1' }, { search_path: 1 }]) {
+      const e = await pgErrorOf(alice.query(`SELECT pgbg._enqueue_job('alice', ${enqueueArgs}, $1::jsonb, NULL)`, [JSON.stringify(settings)]));
+      expect(e.code, JSON.stringify(settings)).toBe('22023');
+    }
+    expect(await count("SELECT count(*) AS n FROM pgbg.job WHERE owner = 'alice'")).toBe(before);
+  });
+
+  it("43. _enqueue_job for bob or the superuser: 42501; no job of theirs appears", async () => {
+    for (const owner of ['bob', 'postgres']) {
+      const before = await count('SELECT count(*) AS n FROM pgbg.job WHERE owner = $1', [owner]);
+      expect((await pgErrorOf(alice.query(`SELECT pgbg._enqueue_job($1, ${enqueueArgs}, NULL, NULL)`, [owner]))).code).toBe('42501');
+      expect(await count('SELECT count(*) AS n FROM pgbg.job WHERE owner = $1', [owner])).toBe(before);
+    }
+  });
+
+  it('44. set_admission_config as alice (to lift every limit): 42501; nothing stored', async () => {
+    const before = await count('SELECT count(*) AS n FROM pgbg.admission_config');
+    expect((await pgErrorOf(alice.query("SELECT pgbg.set_admission_config('mine', '{}'::jsonb)"))).code).toBe('42501');
+    expect((await pgErrorOf(alice.query("INSERT INTO pgbg.admission_config VALUES ('mine', '{}'::jsonb)"))).code).toBe('42501');
+    expect(await count('SELECT count(*) AS n FROM pgbg.admission_config')).toBe(before);
+  });
+
+  it("45. _launcher_report and _launcher_starting cannot make another login's launcher look alive or dead", async () => {
+    expect((await pgErrorOf(alice.query("SELECT pgbg._launcher_report('start', 0, 1000)"))).code).toBe('42501');
+    await alice.query('SELECT pgbg._launcher_starting(pg_backend_pid(), 1000)'); // only ever alice's own row
+    expect(await count("SELECT count(*) AS n FROM pgbg.launcher WHERE login = 'bob' AND starting_at > now() - interval '5 seconds'")).toBe(0);
+    expect((await pgErrorOf(alice.query("UPDATE pgbg.launcher SET starting_at = now() WHERE login = 'bob'"))).code).toBe('42501');
+  });
+
+  it("46. bob's launchers and waiting jobs are not alice's to see", async () => {
+    expect(await count("SELECT count(*) AS n FROM pgbg.launcher WHERE login = 'bob'")).toBeGreaterThanOrEqual(0);
+    expect((await alice.query("SELECT * FROM pgbg.launchers WHERE login = 'bob'")).rowCount).toBe(0);
+    expect((await pgErrorOf(alice.query('SELECT * FROM pgbg.launcher'))).code).toBe('42501');
+  });
+});
