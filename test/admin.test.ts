@@ -59,7 +59,7 @@ describe('who gets in', () => {
     const lines = r.stdout.trim().split('\n');
     expect(lines).toContain('SHOW JOBS|active jobs and the last finished ones, with wait event and progress of running workers');
     expect(lines.map((l) => l.split('|')[0])).toEqual(
-      expect.arrayContaining(['SHOW HELP', 'SHOW JOBS', 'SHOW RULES', 'SHOW CLIENTS', 'SHOW STATS', 'SHOW CONFIG', 'CANCEL JOB id', 'RELOAD', 'PAUSE', 'RESUME']),
+      expect.arrayContaining(['SHOW HELP', 'SHOW JOBS', 'SHOW LAUNCHERS', 'SHOW RULES', 'SHOW CLIENTS', 'SHOW STATS', 'SHOW CONFIG', 'CANCEL JOB id', 'RELOAD', 'PAUSE', 'RESUME']),
     );
     // the aligned format too: psql reads the RowDescription
     const table = await via.psql(['-c', 'SHOW RULES'], { user: 'postgres', database: 'pgbg' });
@@ -303,7 +303,7 @@ describe('jobs', () => {
         const jobs = await admin.query('SHOW JOBS');
         expect(jobs.fields.map((f) => f.name)).toEqual([
           'id', 'state', 'user', 'database', 'rule', 'kind', 'priority', 'queue_position', 'not_before', 'attempts', 'submitted_at', 'started_at', 'elapsed',
-          'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error',
+          'worker_pid', 'wait_event', 'phase', 'percent_done', 'statement', 'error', 'waiting_for_launcher',
         ]);
         row = jobs.rows.find((r) => r.id === jobId);
         if (row?.state === 'running' && row.elapsed !== null) break;

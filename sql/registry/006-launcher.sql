@@ -508,6 +508,49 @@ BEGIN
 END
 $fn$;
 
+-- Launches p_sql in a pg_background worker of this session with the API generation
+-- pgbg.pg_background_info() found (schema-qualified, the queue size passed explicitly so the call
+-- matches (text, int4) exactly), and detaches it when p_detach. SECURITY INVOKER and unpinned:
+-- the worker runs as the caller and copies this session's settings of the moment.
+CREATE FUNCTION pgbg._launch_worker(p_sql text, p_queue_size integer, p_detach boolean,
+                                    OUT worker_pid integer, OUT cookie bigint, OUT api integer)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+DECLARE
+  v_info record;
+BEGIN
+  SELECT * INTO v_info FROM pgbg.pg_background_info();
+  IF NOT COALESCE(v_info.installed, false) THEN
+    RAISE EXCEPTION 'pg_background is not installed in database %', pg_catalog.current_database()
+      USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
+  END IF;
+  -- "|| ''": pg_background 1.8 mishandles short-header text arguments (see pgbg.launch_sql).
+  IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
+    EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2) h) s',
+                              v_info.fn_schema)
+      INTO worker_pid, cookie USING p_sql, p_queue_size;
+  ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
+    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''', $2) h',
+                              v_info.fn_schema)
+      INTO worker_pid, cookie USING p_sql, p_queue_size;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2)', v_info.fn_schema)
+      INTO worker_pid USING p_sql, p_queue_size;
+  END IF;
+  api := v_info.api;
+  IF p_detach AND v_info.detach_function IS NOT NULL THEN
+    IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
+      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
+    ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
+      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach_v2($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
+    ELSE
+      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1)', v_info.fn_schema) USING worker_pid;
+    END IF;
+  END IF;
+END
+$fn$;
+
 -- Starts the launcher of the session's login in this database unless one is alive; returns
 -- the new launcher's pid, or NULL. SECURITY INVOKER and unpinned on purpose: the launcher is a
 -- pg_background worker of this very session, authenticated as its login (decision 1). It is
@@ -520,9 +563,7 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $fn$
 DECLARE
   v_key pg_catalog.int4 := pgbg._launcher_key(session_user);
-  v_info record;
   v_pid pg_catalog.int4;
-  v_cookie pg_catalog.int8;
   v_sql pg_catalog.text;
   v_old pg_catalog.text[];
 BEGIN
@@ -537,11 +578,6 @@ BEGIN
   IF pgbg._launcher_alive(session_user) THEN
     RETURN NULL;
   END IF;
-  SELECT * INTO v_info FROM pgbg.pg_background_info();
-  IF NOT COALESCE(v_info.installed, false) THEN
-    RAISE EXCEPTION 'pg_background is not installed in database %', pg_catalog.current_database()
-      USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
-  END IF;
   v_sql := 'CALL pgbg.run_launcher(' OPERATOR(pg_catalog.||) start_launcher.idle_ms::pg_catalog.text OPERATOR(pg_catalog.||) ')';
   v_old := ARRAY[pg_catalog.current_setting('statement_timeout'), pg_catalog.current_setting('lock_timeout'),
                  pg_catalog.current_setting('idle_in_transaction_session_timeout'), pg_catalog.current_setting('role')];
@@ -552,19 +588,7 @@ BEGIN
   PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   -- The launcher runs as its login, whatever role this session has set.
   PERFORM pg_catalog.set_config('role', 'none', true);
-  IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
-    EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', 0) h) s', v_info.fn_schema)
-      INTO v_pid, v_cookie USING v_sql;
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1, $2)', v_info.fn_schema) USING v_pid, v_cookie;
-  ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
-    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''', 0) h', v_info.fn_schema)
-      INTO v_pid, v_cookie USING v_sql;
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_detach_v2($1, $2)', v_info.fn_schema) USING v_pid, v_cookie;
-  ELSE
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', 0)', v_info.fn_schema)
-      INTO v_pid USING v_sql;
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1)', v_info.fn_schema) USING v_pid;
-  END IF;
+  SELECT w.worker_pid INTO v_pid FROM pgbg._launch_worker(v_sql, 0, true) w;
   PERFORM pg_catalog.set_config('statement_timeout', v_old[1], true);
   PERFORM pg_catalog.set_config('lock_timeout', v_old[2], true);
   PERFORM pg_catalog.set_config('idle_in_transaction_session_timeout', v_old[3], true);
@@ -796,34 +820,13 @@ BEGIN
   PERFORM pg_catalog.set_config('default_transaction_read_only', 'off', true);
   PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
-  IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
-    EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2) h) s',
-                              v_info.fn_schema)
-      INTO worker_pid, cookie USING v_sql, v_queue_size;
-  ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
-    EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''', $2) h',
-                              v_info.fn_schema)
-      INTO worker_pid, cookie USING v_sql, v_queue_size;
-  ELSE
-    EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2)', v_info.fn_schema)
-      INTO worker_pid USING v_sql, v_queue_size;
-  END IF;
+  -- A transactional job records its own outcome: detached, its worker is not tracked here.
+  SELECT w.worker_pid, w.cookie, w.api INTO worker_pid, cookie, api FROM pgbg._launch_worker(v_sql, v_queue_size, v.transactional) w;
   -- Back to the launcher's own settings for the rest of this transaction.
   PERFORM pg_catalog.set_config('statement_timeout', '0', true);
   PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
   PERFORM pg_catalog.set_config('client_min_messages', 'error', true);
   PERFORM pg_catalog.set_config('standard_conforming_strings', 'on', true);
-  api := v_info.api;
-
-  IF v.transactional AND v_info.detach_function IS NOT NULL THEN
-    IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
-      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
-    ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
-      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach_v2($1, $2)', v_info.fn_schema) USING worker_pid, cookie;
-    ELSE
-      EXECUTE pg_catalog.format('SELECT %I.pg_background_detach($1)', v_info.fn_schema) USING worker_pid;
-    END IF;
-  END IF;
   IF v_other_role THEN
     PERFORM pg_catalog.set_config('role', 'none', true);
   END IF;
@@ -1453,6 +1456,7 @@ REVOKE ALL ON FUNCTION
   pgbg._launcher_has_work(),
   pgbg._setting_is_captured(text),
   pgbg.session_settings(text[]),
+  pgbg._launch_worker(text, integer, boolean),
   pgbg._enqueue_job(name, text, text, boolean, text, jsonb, integer, text, text, jsonb, jsonb),
   pgbg.start_launcher(integer),
   pgbg._launcher_starting(integer, integer),
@@ -1484,6 +1488,7 @@ GRANT EXECUTE ON FUNCTION
   pgbg._launcher_has_work(),
   pgbg._setting_is_captured(text),
   pgbg.session_settings(text[]),
+  pgbg._launch_worker(text, integer, boolean),
   pgbg._enqueue_job(name, text, text, boolean, text, jsonb, integer, text, text, jsonb, jsonb),
   pgbg.start_launcher(integer),
   pgbg._launcher_starting(integer, integer),
