@@ -1227,6 +1227,97 @@ $fn$;
 -- Recovery
 -- ---------------------------------------------------------------------------------------
 
+-- As version 1's _finish, plus: a statement cancelled without pgbg.cancel having asked for it and
+-- not by its own statement_timeout was interrupted from outside: on pg_background 2.x a server
+-- shutdown (pg_ctl stop -m fast) or pg_terminate_backend reaches the worker as a query cancel,
+-- which run_job catches, and the job would end 'failed' although nothing of it committed and
+-- nothing was wrong with it. Like a worker that died, it goes back to the queue while it has
+-- attempts left (the attempt is recorded 'retried' with its 57014).
+CREATE OR REPLACE FUNCTION pgbg._finish(job_id bigint, state text, command_tag text, rows bigint,
+                             sqlstate text, error text, detail text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v record;
+  v_state text;
+  v_start timestamptz;
+  v_delay_ms double precision;
+BEGIN
+  IF _finish.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+    RAISE EXCEPTION 'invalid outcome state %', _finish.state USING ERRCODE = '22023';
+  END IF;
+  IF rtrim(current_query(), E' \t\r\n;') IS DISTINCT FROM pgbg._run_sql(_finish.job_id) THEN
+    RAISE EXCEPTION 'pgbg._finish may only be called by pgbg.run_job(%) running as its own statement', _finish.job_id
+      USING ERRCODE = '42501';
+  END IF;
+  SELECT j.owner, j.worker_pid, j.transactional, j.attempts, j.max_attempts, j.options, j.cancel_requested, j.state,
+         j.launched_at, j.started_at
+    INTO v FROM pgbg.job j WHERE j.id = _finish.job_id;
+  IF NOT FOUND OR NOT pgbg._may_manage(v.owner) THEN
+    RAISE EXCEPTION 'job % does not exist', _finish.job_id USING ERRCODE = '42704';
+  END IF;
+  IF v.worker_pid IS NOT NULL AND v.worker_pid <> pg_backend_pid() THEN
+    RAISE EXCEPTION 'job % belongs to worker %, not to this process', _finish.job_id, v.worker_pid
+      USING ERRCODE = '42501';
+  END IF;
+  SELECT a.backend_start INTO v_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid();
+
+  -- A transient failure with attempts left: back to the queue after an exponential backoff with
+  -- jitter (half the delay fixed, half random, so retries of jobs that collided spread out).
+  -- The statement's effects were rolled back by run_job; this transaction commits the retry.
+  IF ((_finish.state = 'failed' AND _finish.sqlstate IN ('40001', '40P01', '55P03'))
+       OR (_finish.state = 'cancelled' AND _finish.sqlstate = '57014'
+           -- its own timeout is a failure (the message may be in any language: look at the clock)
+           AND COALESCE(_finish.error, '') NOT LIKE '%statement timeout%'
+           AND NOT (COALESCE((v.options->>'timeout_ms')::bigint, 0) > 0
+                    AND clock_timestamp() - COALESCE(v.launched_at, v.started_at, clock_timestamp())
+                        >= (v.options->>'timeout_ms')::bigint * interval '0.95 millisecond')))
+     AND v.state IN ('queued', 'running') AND v.attempts < v.max_attempts AND NOT v.cancel_requested THEN
+    v_delay_ms := LEAST(COALESCE((v.options->>'retry_max_ms')::double precision, 30000),
+                        COALESCE((v.options->>'retry_base_ms')::double precision, 500) * 2 ^ GREATEST(v.attempts - 1, 0));
+    v_delay_ms := v_delay_ms * (0.5 + random() / 2);
+    PERFORM pgbg._record_attempt(_finish.job_id, 'retried', _finish.sqlstate, _finish.error);
+    UPDATE pgbg.job j
+       SET state = 'queued',
+           sqlstate = _finish.sqlstate,
+           error = format('attempt %s of %s failed, retrying: %s', v.attempts, v.max_attempts, _finish.error),
+           error_detail = _finish.detail,
+           not_before = clock_timestamp() + v_delay_ms * interval '1 millisecond',
+           queued_at = clock_timestamp(),
+           worker_pid = NULL, worker_start = NULL, cookie = NULL, api = NULL
+     WHERE j.id = _finish.job_id;
+    PERFORM pgbg._notify(_finish.job_id, 'queued');
+    RETURN;
+  END IF;
+
+  UPDATE pgbg.job j
+     SET state = CASE WHEN _finish.state = 'cancelled' AND NOT j.cancel_requested THEN 'failed'
+                      ELSE _finish.state END,
+         command_tag = _finish.command_tag,
+         rows = _finish.rows,
+         sqlstate = _finish.sqlstate,
+         error = _finish.error,
+         error_detail = _finish.detail,
+         started_at = COALESCE(j.started_at, now()),
+         finished_at = clock_timestamp(),
+         worker_pid = COALESCE(j.worker_pid, pg_backend_pid()),
+         worker_start = COALESCE(j.worker_start, v_start)
+   WHERE j.id = _finish.job_id AND j.state IN ('queued', 'running')
+  RETURNING j.state INTO v_state;
+  IF NOT FOUND THEN
+    SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id = _finish.job_id;
+    RAISE EXCEPTION 'job % is already %; its statement''s effects are rolled back', _finish.job_id, v_state
+      USING ERRCODE = '55000';
+  END IF;
+  PERFORM pgbg._record_attempt(_finish.job_id, v_state, _finish.sqlstate, _finish.error);
+  PERFORM pgbg._notify(_finish.job_id, v_state);
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+
 -- What the catalog says about a non-transactional job whose outcome nobody read: for CREATE
 -- INDEX CONCURRENTLY (options.index names the index) 'succeeded' when the index exists and is
 -- valid, 'failed' when it exists and is invalid; NULL (unknown) otherwise.
@@ -1240,7 +1331,7 @@ AS $fn$
      AND i.indexrelid = to_regclass(p_options->>'index')
 $fn$;
 
--- As version 1's reconcile, with recovery:
+-- Reconciliation, as version 1's pgbg.reconcile, with recovery:
 --  (a) a transactional job whose worker is gone without an outcome rolled back with it: back to
 --      the queue while it has attempts left (the attempt is recorded 'lost'), else 'lost'
 --      ('cancelled' if a cancel was asked for). A worker launched before the server last
@@ -1248,7 +1339,7 @@ $fn$;
 --  (b) a supervised job whose worker and launcher are both gone: 'succeeded' / 'failed' when
 --      the catalog shows its effect (pgbg._effect_state), else 'lost' with the reason.
 --  Queued jobs are never judged here: they wait for their login's launcher.
-CREATE OR REPLACE FUNCTION pgbg.reconcile(job_id bigint DEFAULT NULL) RETURNS integer
+CREATE FUNCTION pgbg._reconcile(p_job_id bigint, p_settle_only boolean) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pgbg
 AS $fn$
@@ -1263,22 +1354,25 @@ BEGIN
   -- A launcher records its worker before the worker shows in pg_stat_activity (it does not
   -- wait for it): note the worker's start time once it shows, so that a later process with
   -- the same pid is never taken for it.
+  IF NOT p_settle_only THEN
   UPDATE pgbg.job j
      SET worker_start = w.ws
     FROM (SELECT x.id, pgbg._worker_start(x.worker_pid, ARRAY[x.owner, x.login], x.submitted_at, x.cookie) AS ws
             FROM pgbg.job x
            WHERE x.state = 'running' AND x.worker_start IS NULL AND x.worker_pid IS NOT NULL
-             AND (reconcile.job_id IS NULL OR x.id = reconcile.job_id)) w
+             AND (p_job_id IS NULL OR x.id = p_job_id)) w
    WHERE j.id = w.id AND w.ws IS NOT NULL AND j.state = 'running' AND j.worker_start IS NULL
      AND w.ws >= COALESCE(j.launched_at, j.started_at) - interval '1 second';
+  END IF;
 
   FOR r IN
     SELECT j.id, j.attempts, j.max_attempts, j.cancel_requested, j.worker_pid, j.started_at
       FROM pgbg.job j
      WHERE j.state = 'running'
        AND j.transactional
-       AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       AND (p_job_id IS NULL OR j.id = p_job_id)
        AND j.worker_pid IS NOT NULL
+       AND (NOT p_settle_only OR j.cancel_requested OR j.attempts >= j.max_attempts)
        AND (COALESCE(j.launched_at, j.started_at) < v_boot
             OR ((j.worker_start IS NOT NULL OR COALESCE(j.launched_at, j.started_at) < clock_timestamp() - interval '10 seconds')
                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
@@ -1320,7 +1414,7 @@ BEGIN
       FROM pgbg.job j
      WHERE j.state = 'running'
        AND NOT j.transactional
-       AND (reconcile.job_id IS NULL OR j.id = reconcile.job_id)
+       AND (p_job_id IS NULL OR j.id = p_job_id)
        AND (COALESCE(j.launched_at, j.started_at) < v_boot
             OR ((j.worker_start IS NOT NULL OR COALESCE(j.launched_at, j.started_at) < clock_timestamp() - interval '10 seconds')
                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
@@ -1351,6 +1445,68 @@ BEGIN
   RETURN n;
 END
 $fn$;
+
+-- Anyone may call it: settles what pg_stat_activity proves (see pgbg._reconcile).
+CREATE OR REPLACE FUNCTION pgbg.reconcile(job_id bigint DEFAULT NULL) RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$ SELECT pgbg._reconcile(reconcile.job_id, false) $fn$;
+
+-- As version 1's pgbg.wait, except that it settles only jobs that end (pgbg._reconcile with
+-- p_settle_only): it runs inside its caller's one transaction, and a row it put back in the
+-- queue, or whose worker start it noted, would stay locked against the launcher until that
+-- transaction ends, which is after the job ends: the two would wait for each other until the
+-- timeout. Launchers and the proxy's reconciler, in short transactions, do the rest.
+CREATE OR REPLACE FUNCTION pgbg.wait(job_id bigint, timeout interval DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $body$
+DECLARE
+  v_state text;
+  v_deadline timestamptz;
+  v_next_reconcile timestamptz := clock_timestamp() + interval '1 second';
+  v_sleep double precision := 0.005;
+  v_blocker text;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pgbg.wait needs READ COMMITTED isolation; in a % transaction it would never see the job finish',
+      current_setting('transaction_isolation')
+      USING ERRCODE = '55000', HINT = 'Call it outside the transaction, or use CALL pgbg.await(...).';
+  END IF;
+  IF wait.timeout IS NOT NULL THEN
+    v_deadline := clock_timestamp() + wait.timeout;
+  END IF;
+  LOOP
+    SELECT j.state INTO v_state FROM pgbg.job j WHERE j.id = wait.job_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'job % does not exist', wait.job_id USING ERRCODE = '42704';
+    END IF;
+    IF v_state IN ('succeeded', 'failed', 'cancelled', 'lost') THEN
+      RETURN v_state;
+    END IF;
+    IF v_deadline IS NOT NULL AND clock_timestamp() >= v_deadline THEN
+      RETURN v_state;
+    END IF;
+    v_blocker := pgbg._wait_blocker(wait.job_id, true);
+    IF v_blocker IS NOT NULL THEN
+      RAISE WARNING 'pgbg.wait(%) returns without waiting: job % is still %', wait.job_id, wait.job_id, v_state
+        USING DETAIL = v_blocker || '.',
+              HINT = format('Call pgbg.wait(%s) again in a new transaction, or use CALL pgbg.await(%s) outside a transaction block, from another session if this one launched the job.', wait.job_id, wait.job_id);
+      RETURN v_state;
+    END IF;
+    IF clock_timestamp() >= v_next_reconcile THEN
+      PERFORM pgbg._reconcile(wait.job_id, true);
+      v_next_reconcile := clock_timestamp() + interval '1 second';
+      CONTINUE;
+    END IF;
+    IF v_deadline IS NOT NULL THEN
+      v_sleep := least(v_sleep, greatest(0.001, extract(epoch FROM v_deadline - clock_timestamp())::double precision));
+    END IF;
+    PERFORM pg_sleep(v_sleep);
+    v_sleep := least(v_sleep * 2, 0.05);
+  END LOOP;
+END
+$body$;
 
 -- A queued job's cancellation for the proxy's disconnect policy: only while it is still queued.
 CREATE FUNCTION pgbg.cancel_queued(job_id bigint) RETURNS boolean
@@ -1472,6 +1628,7 @@ REVOKE ALL ON FUNCTION
   pgbg._effect_state(jsonb),
   pgbg.cancel_queued(bigint),
   pgbg._launchers(),
+  pgbg._reconcile(bigint, boolean),
   pgbg.set_admission_config(text, jsonb),
   pgbg._limits_for(text, name, name, text),
   pgbg._job_limits(pgbg.job)
@@ -1504,6 +1661,7 @@ GRANT EXECUTE ON FUNCTION
   pgbg._effect_state(jsonb),
   pgbg.cancel_queued(bigint),
   pgbg._launchers(),
+  pgbg._reconcile(bigint, boolean),
   pgbg.set_admission_config(text, jsonb),
   pgbg._limits_for(text, name, name, text),
   pgbg._job_limits(pgbg.job)
