@@ -1232,7 +1232,8 @@ $fn$;
 -- shutdown (pg_ctl stop -m fast) or pg_terminate_backend reaches the worker as a query cancel,
 -- which run_job catches, and the job would end 'failed' although nothing of it committed and
 -- nothing was wrong with it. Like a worker that died, it goes back to the queue while it has
--- attempts left (the attempt is recorded 'retried' with its 57014).
+-- attempts left (the attempt is recorded 'retried' with its 57014). It reads the job row FOR
+-- UPDATE, so a cancel request that is still committing is seen.
 CREATE OR REPLACE FUNCTION pgbg._finish(job_id bigint, state text, command_tag text, rows bigint,
                              sqlstate text, error text, detail text)
 RETURNS void
@@ -1254,7 +1255,10 @@ BEGIN
   END IF;
   SELECT j.owner, j.worker_pid, j.transactional, j.attempts, j.max_attempts, j.options, j.cancel_requested, j.state,
          j.launched_at, j.started_at
-    INTO v FROM pgbg.job j WHERE j.id = _finish.job_id;
+    INTO v FROM pgbg.job j WHERE j.id = _finish.job_id
+     -- the latest version: a pgbg.cancel that signalled this worker before it committed its
+     -- cancel_requested must be seen, or a cancelled job would be put back in the queue
+     FOR UPDATE;
   IF NOT FOUND OR NOT pgbg._may_manage(v.owner) THEN
     RAISE EXCEPTION 'job % does not exist', _finish.job_id USING ERRCODE = '42704';
   END IF;
