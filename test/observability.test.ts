@@ -69,7 +69,7 @@ describe('Prometheus endpoint', () => {
     expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(1);
     await observer.query('SELECT pg_terminate_backend($1)', [pid]);
     // Reconciliation (every 500 ms here) settles it once the worker is gone.
-    await eventually(async () => /failed|lost/.test((await observer.query('SELECT state FROM pgbg.jobs WHERE id = $1', [doomed])).rows[0].state), 10_000, 100);
+    await eventually(async () => /failed|lost/.test((await observer.query("SELECT state FROM pgbg.jobs WHERE id = $1", [doomed])).rows[0].state), 20_000, 100);
     expect(sample(await scrape(), 'pgbg_jobs_in_flight')).toBe(0);
 
     // Console: CANCEL JOB ends a job cancelled.

@@ -1377,8 +1377,10 @@ BEGIN
        AND (p_job_id IS NULL OR j.id = p_job_id)
        AND j.worker_pid IS NOT NULL
        AND (NOT p_settle_only OR j.cancel_requested OR j.attempts >= j.max_attempts)
+       -- A worker not seen yet gets 3 s to show up (a launcher does not wait for it); judging it
+       -- early is safe, since a late worker finds the row no longer names it and does nothing.
        AND (COALESCE(j.launched_at, j.started_at) < v_boot
-            OR ((j.worker_start IS NOT NULL OR COALESCE(j.launched_at, j.started_at) < clock_timestamp() - interval '10 seconds')
+            OR ((j.worker_start IS NOT NULL OR COALESCE(j.launched_at, j.started_at) < clock_timestamp() - interval '3 seconds')
                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                                  WHERE a.pid = j.worker_pid
                                    AND (j.worker_start IS NULL OR a.backend_start = j.worker_start))))

@@ -162,7 +162,11 @@ describe('worker slots taken by other workers (scheduling acceptance 2)', () => 
       // fails the job with the server's error. alice's launcher (idle for 10 s) still holds its
       // slot. (Not with the stand-in: its launcher and workers are connections, and its launcher
       // goes with the session that started it once that session's connection slot is taken.)
-      if (small.pgBackground === 'standin') return;
+      if (small.pgBackground === 'standin') {
+        await watcher.end();
+        await client.end();
+        return;
+      }
       const unlimited = await startTestProxy(small, { jobs: { maxInFlight: 'unlimited' } });
       const filler2 = await small.connect({ database: sdb });
       await filler2.query('SET pg_background.max_workers = 100');
