@@ -7,8 +7,7 @@ import { forwardAll } from './rules/forward-all.js';
 import { JobRouter } from './rules/job-router.js';
 import { loadSqlParser } from './rules/sql-parser.js';
 import { PgBackgroundSubmitter } from './jobs/job-submitter.js';
-import { schedulingPolicy } from './jobs/scheduling-policy.js';
-import { admissionConfig, inheritedAdmissionId, newAdmissionId } from './jobs/scheduling-policy.js';
+import { admissionConfig, inheritedAdmissionId, newAdmissionId, schedulingPolicy } from './jobs/scheduling-policy.js';
 import { Reconciler } from './jobs/reconciler.js';
 import { migrate } from './jobs/migrate.js';
 import pg from 'pg';
@@ -113,7 +112,7 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
       router = routerFor(next);
       listener.reload(next);
       reconciler?.setInterval(next.jobs.reconcileInterval);
-    reconciler?.setAdmissionConfig(admissionConfig(next));
+      reconciler?.setAdmissionConfig(admissionConfig(next));
       log.info({ rules: next.rules.length }, 'configuration reloaded');
     },
     async close(graceMs) {

@@ -470,6 +470,28 @@ BEGIN
 END
 $fn$;
 
+-- The calling role's own right to have jobs launched: EXECUTE on the launch function (and, for
+-- a non-transactional job, on the wait and result functions). 42501 with a DETAIL naming exactly
+-- the functions it lacks and a HINT with the GRANT (pgbg.submit and pgbg.enqueue). SECURITY
+-- INVOKER: it asks about the caller. (pgbg._enqueue_job checks again, trusting nothing.)
+CREATE FUNCTION pgbg._check_launch_rights(p_transactional boolean) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_info record;
+BEGIN
+  SELECT * INTO v_info FROM pgbg.pg_background_info();
+  IF v_info.installed AND (NOT v_info.can_launch OR (NOT p_transactional AND NOT v_info.can_supervise)) THEN
+    RAISE EXCEPTION 'permission denied: role % may not launch pg_background workers in database %', current_user, current_database()
+      USING ERRCODE = '42501',
+            DETAIL = format('%s needs EXECUTE on %s', current_user,
+                            CASE WHEN p_transactional THEN v_info.missing_for_launch ELSE v_info.missing_for_supervision END),
+            HINT = v_info.grant_hint || ' (as a superuser)';
+  END IF;
+END
+$fn$;
+
 -- pgbg.submit, the record-only SQL API of version 1 (the caller may launch the job itself with
 -- pgbg.launch_sql / mark_launched; otherwise its login's launcher will): from version 6 it also
 -- records the session's settings and login, through pgbg._enqueue_job. It starts no launcher
@@ -488,55 +510,50 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
-  v_info record;
   v_transactional boolean := COALESCE(submit.transactional, true);
 BEGIN
   IF NOT v_transactional AND NOT COALESCE(submit.supervised, true) THEN
     RAISE EXCEPTION 'pgbg.submit: a non-transactional job must be supervised (its outcome can only be read by the launching session)'
       USING ERRCODE = '22023';
   END IF;
-  SELECT * INTO v_info FROM pgbg.pg_background_info();
-  IF v_info.installed AND (NOT v_info.can_launch OR (NOT v_transactional AND NOT v_info.can_supervise)) THEN
-    RAISE EXCEPTION 'permission denied: role % may not launch pg_background workers in database %', current_user, pg_catalog.current_database()
-      USING ERRCODE = '42501',
-            DETAIL = pg_catalog.format('%s needs EXECUTE on %s', current_user,
-                                       CASE WHEN v_transactional THEN v_info.missing_for_launch ELSE v_info.missing_for_supervision END),
-            HINT = v_info.grant_hint OPERATOR(pg_catalog.||) ' (as a superuser)';
-  END IF;
+  PERFORM pgbg._check_launch_rights(v_transactional);
   RETURN pgbg._enqueue_job(current_user, submit.statement, submit.kind, v_transactional, submit.rule, submit.options,
                            submit.priority, submit.idem_key, submit.session_id, pgbg.session_settings(), NULL);
 END
 $fn$;
 
 -- Launches p_sql in a pg_background worker of this session with the API generation
--- pgbg.pg_background_info() found (schema-qualified, the queue size passed explicitly so the call
--- matches (text, int4) exactly), and detaches it when p_detach. SECURITY INVOKER and unpinned:
+-- pgbg.pg_background_info() found (schema-qualified; the queue size passed explicitly, as the
+-- launch function's own default, so that the call matches (text, int4) exactly and a function
+-- someone adds beside it cannot capture it), and detaches it when p_detach. SECURITY INVOKER and unpinned:
 -- the worker runs as the caller and copies this session's settings of the moment.
-CREATE FUNCTION pgbg._launch_worker(p_sql text, p_queue_size integer, p_detach boolean,
+CREATE FUNCTION pgbg._launch_worker(p_sql text, p_detach boolean,
                                     OUT worker_pid integer, OUT cookie bigint, OUT api integer)
 RETURNS record
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $fn$
 DECLARE
   v_info record;
+  v_queue_size pg_catalog.int4;
 BEGIN
   SELECT * INTO v_info FROM pgbg.pg_background_info();
   IF NOT COALESCE(v_info.installed, false) THEN
     RAISE EXCEPTION 'pg_background is not installed in database %', pg_catalog.current_database()
       USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
   END IF;
+  v_queue_size := COALESCE(pg_catalog.pg_get_function_arg_default(v_info.launch_function::pg_catalog.oid, 2)::pg_catalog.int4, 0);
   -- "|| ''": pg_background 1.8 mishandles short-header text arguments (see pgbg.launch_sql).
   IF v_info.generation OPERATOR(pg_catalog.=) 'handle' THEN
     EXECUTE pg_catalog.format('SELECT (s.h).pid, (s.h).cookie FROM (SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2) h) s',
                               v_info.fn_schema)
-      INTO worker_pid, cookie USING p_sql, p_queue_size;
+      INTO worker_pid, cookie USING p_sql, v_queue_size;
   ELSIF v_info.generation OPERATOR(pg_catalog.=) 'v2' THEN
     EXECUTE pg_catalog.format('SELECT h.pid, h.cookie FROM %I.pg_background_launch_v2($1 OPERATOR(pg_catalog.||) '''', $2) h',
                               v_info.fn_schema)
-      INTO worker_pid, cookie USING p_sql, p_queue_size;
+      INTO worker_pid, cookie USING p_sql, v_queue_size;
   ELSE
     EXECUTE pg_catalog.format('SELECT %I.pg_background_launch($1 OPERATOR(pg_catalog.||) '''', $2)', v_info.fn_schema)
-      INTO worker_pid USING p_sql, p_queue_size;
+      INTO worker_pid USING p_sql, v_queue_size;
   END IF;
   api := v_info.api;
   IF p_detach AND v_info.detach_function IS NOT NULL THEN
@@ -588,7 +605,7 @@ BEGIN
   PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   -- The launcher runs as its login, whatever role this session has set.
   PERFORM pg_catalog.set_config('role', 'none', true);
-  SELECT w.worker_pid INTO v_pid FROM pgbg._launch_worker(v_sql, 0, true) w;
+  SELECT w.worker_pid INTO v_pid FROM pgbg._launch_worker(v_sql, true) w;
   PERFORM pg_catalog.set_config('statement_timeout', v_old[1], true);
   PERFORM pg_catalog.set_config('lock_timeout', v_old[2], true);
   PERFORM pg_catalog.set_config('idle_in_transaction_session_timeout', v_old[3], true);
@@ -653,7 +670,6 @@ AS $fn$
 DECLARE
   v_transactional boolean := COALESCE(enqueue.transactional, true);
   v_limits pg_catalog.jsonb := COALESCE(enqueue.limits, pg_catalog.jsonb_build_object());
-  v_info record;
   v_mine pg_catalog.int8;
 BEGIN
   existing := false;
@@ -661,14 +677,7 @@ BEGIN
   IF pg_catalog.jsonb_typeof(v_limits) IS NULL OR NOT (pg_catalog.jsonb_typeof(v_limits) OPERATOR(pg_catalog.=) 'object') THEN
     RAISE EXCEPTION 'limits must be a JSON object' USING ERRCODE = '22023';
   END IF;
-  SELECT * INTO v_info FROM pgbg.pg_background_info();
-  IF v_info.installed AND (NOT v_info.can_launch OR (NOT v_transactional AND NOT v_info.can_supervise)) THEN
-    RAISE EXCEPTION 'permission denied: role % may not launch pg_background workers in database %', current_user, pg_catalog.current_database()
-      USING ERRCODE = '42501',
-            DETAIL = pg_catalog.format('%s needs EXECUTE on %s', current_user,
-                                       CASE WHEN v_transactional THEN v_info.missing_for_launch ELSE v_info.missing_for_supervision END),
-            HINT = v_info.grant_hint OPERATOR(pg_catalog.||) ' (as a superuser)';
-  END IF;
+  PERFORM pgbg._check_launch_rights(v_transactional);
   -- Held until this transaction commits: the login's launcher cannot exit meanwhile, so it
   -- either sees this job or is seen to be gone (then a new one is started below).
   PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885825636, pgbg._launcher_key(session_user));
@@ -760,10 +769,8 @@ AS $fn$
 DECLARE
   v record;
   s record;
-  v_info record;
   v_sql pg_catalog.text;
   v_timeout pg_catalog.text;
-  v_queue_size pg_catalog.int4;
   v_other_role boolean;
 BEGIN
   SELECT * INTO v FROM pgbg._launcher_job(p_job_id);
@@ -776,12 +783,6 @@ BEGIN
   IF v_timeout OPERATOR(pg_catalog.!~) '^[0-9]+$' THEN
     RAISE EXCEPTION 'options.timeout_ms must be a whole number of milliseconds, not %', v_timeout USING ERRCODE = '22023';
   END IF;
-  SELECT * INTO v_info FROM pgbg.pg_background_info();
-  IF NOT COALESCE(v_info.installed, false) THEN
-    RAISE EXCEPTION 'pg_background is not installed in database %', pg_catalog.current_database()
-      USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
-  END IF;
-  v_queue_size := COALESCE(pg_catalog.pg_get_function_arg_default(v_info.launch_function::pg_catalog.oid, 2)::pg_catalog.int4, 0);
   IF v.transactional THEN
     -- The worker's pgbg.run_job waits for this lock, i.e. for the commit that marks it launched.
     PERFORM pg_catalog.pg_advisory_xact_lock(1885825634, (p_job_id OPERATOR(pg_catalog.%) 2147483647)::pg_catalog.int4);
@@ -821,7 +822,7 @@ BEGIN
   PERFORM pg_catalog.set_config('default_transaction_isolation', 'read committed', true);
   PERFORM pg_catalog.set_config('statement_timeout', v_timeout, true);
   -- A transactional job records its own outcome: detached, its worker is not tracked here.
-  SELECT w.worker_pid, w.cookie, w.api INTO worker_pid, cookie, api FROM pgbg._launch_worker(v_sql, v_queue_size, v.transactional) w;
+  SELECT w.worker_pid, w.cookie, w.api INTO worker_pid, cookie, api FROM pgbg._launch_worker(v_sql, v.transactional) w;
   -- Back to the launcher's own settings for the rest of this transaction.
   PERFORM pg_catalog.set_config('statement_timeout', '0', true);
   PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -1618,7 +1619,8 @@ REVOKE ALL ON FUNCTION
   pgbg._launcher_has_work(),
   pgbg._setting_is_captured(text),
   pgbg.session_settings(text[]),
-  pgbg._launch_worker(text, integer, boolean),
+  pgbg._launch_worker(text, boolean),
+  pgbg._check_launch_rights(boolean),
   pgbg._enqueue_job(name, text, text, boolean, text, jsonb, integer, text, text, jsonb, jsonb),
   pgbg.start_launcher(integer),
   pgbg._launcher_starting(integer, integer),
@@ -1651,7 +1653,8 @@ GRANT EXECUTE ON FUNCTION
   pgbg._launcher_has_work(),
   pgbg._setting_is_captured(text),
   pgbg.session_settings(text[]),
-  pgbg._launch_worker(text, integer, boolean),
+  pgbg._launch_worker(text, boolean),
+  pgbg._check_launch_rights(boolean),
   pgbg._enqueue_job(name, text, text, boolean, text, jsonb, integer, text, text, jsonb, jsonb),
   pgbg.start_launcher(integer),
   pgbg._launcher_starting(integer, integer),

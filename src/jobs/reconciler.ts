@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { RegistryConnection } from './registry-connection.js';
+import type { AdmissionConfig } from './scheduling-policy.js';
 import type { UpstreamTls } from '../tls/upstream-tls.js';
 
 /**
@@ -41,7 +42,7 @@ export class Reconciler {
    * The configuration's admission limits, stored in the registry at once (and again after the
    * server comes back) so that the database's launchers admit queued jobs under them.
    */
-  setAdmissionConfig(config: Record<string, unknown>): void {
+  setAdmissionConfig(config: AdmissionConfig): void {
     this.admission = JSON.stringify(config);
     if (this.admission !== this.admissionWritten && !this.stopped) void this.writeAdmission().catch(() => undefined);
   }

@@ -44,21 +44,9 @@ export interface TimeoutPolicy {
 export function schedulingPolicy(config: () => ProxyConfig, admissionId: string | null = null): SchedulingPolicy {
   return {
     limits(scope) {
-      const { jobs, rules } = config();
-      const out: AdmissionLimits = { queue: jobs.maxQueued, queue_per_user: jobs.maxQueuedPerUser };
-      if (admissionId !== null && jobs.registryUrl) out.config_id = admissionId;
-      if (jobs.maxInFlight !== 'unlimited') out.server = jobs.maxInFlight;
-      const perDatabase = jobs.maxInFlightPerDatabase[scope.database] ?? jobs.maxInFlightPerDatabase['*'];
-      if (perDatabase !== undefined) out.database = perDatabase;
-      const perUser = jobs.maxInFlightPerUser[scope.user] ?? jobs.maxInFlightPerUser['*'];
-      if (perUser !== undefined) out.user = perUser;
-      // No limit set for this role: it may hold all but one of the server-wide slots (see
-      // pgbg._user_limit), so one role cannot take every slot.
-      else if (out.server !== undefined) out.user = 'share';
-      const rule = scope.rule === null ? undefined : rules.find((r) => r.name === scope.rule);
-      if (rule?.maxInFlight !== undefined) out.rule = rule.maxInFlight;
-      if (rule?.holdWhileBusy?.activeBackends !== undefined) out.busy_active_backends = rule.holdWhileBusy.activeBackends;
-      if (rule?.holdWhileBusy?.minFreeWorkers !== undefined) out.busy_min_free_workers = rule.holdWhileBusy.minFreeWorkers;
+      const c = config();
+      const out = limitsFor(admissionConfig(c), scope);
+      if (admissionId !== null && c.jobs.registryUrl) out.config_id = admissionId;
       return out;
     },
     timeouts() {
@@ -78,26 +66,52 @@ export function schedulingPolicy(config: () => ProxyConfig, admissionId: string 
   };
 }
 
+/** The admission configuration: what pgbg.set_admission_config stores (and pgbg._limits_for reads). */
+export interface AdmissionConfig {
+  queue: number;
+  queue_per_user: number;
+  /** Absent: jobs.maxInFlight unlimited. */
+  server?: number | 'auto';
+  database: Record<string, number>;
+  user: Record<string, number>;
+  rules: Record<string, { rule: number | null; busy_active_backends: number | null; busy_min_free_workers: number | null }>;
+}
+
 /**
  * The admission configuration stored in the registry (pgbg.set_admission_config, read by
- * pgbg._limits_for): the same limits as SchedulingPolicy.limits, for every scope at once, so
- * that the database's launchers admit queued jobs under the configuration of the moment.
+ * pgbg._limits_for), so that the database's launchers admit queued jobs under the configuration
+ * of the moment. A rule named twice counts as its first definition, as in routing.
  */
-export function admissionConfig(config: ProxyConfig): Record<string, unknown> {
+export function admissionConfig(config: ProxyConfig): AdmissionConfig {
   const { jobs, rules } = config;
-  const out: Record<string, unknown> = {
-    queue: jobs.maxQueued,
-    queue_per_user: jobs.maxQueuedPerUser,
-    database: jobs.maxInFlightPerDatabase,
-    user: jobs.maxInFlightPerUser,
-    rules: Object.fromEntries(
-      rules.map((r) => [
-        r.name,
-        { rule: r.maxInFlight ?? null, busy_active_backends: r.holdWhileBusy?.activeBackends ?? null, busy_min_free_workers: r.holdWhileBusy?.minFreeWorkers ?? null },
-      ]),
-    ),
-  };
+  const byName: AdmissionConfig['rules'] = {};
+  for (const r of rules) {
+    if (Object.hasOwn(byName, r.name)) continue;
+    byName[r.name] = { rule: r.maxInFlight ?? null, busy_active_backends: r.holdWhileBusy?.activeBackends ?? null, busy_min_free_workers: r.holdWhileBusy?.minFreeWorkers ?? null };
+  }
+  const out: AdmissionConfig = { queue: jobs.maxQueued, queue_per_user: jobs.maxQueuedPerUser, database: jobs.maxInFlightPerDatabase, user: jobs.maxInFlightPerUser, rules: byName };
   if (jobs.maxInFlight !== 'unlimited') out.server = jobs.maxInFlight;
+  return out;
+}
+
+/**
+ * The limits object pgbg.admit reads for one job's scope, derived from the admission
+ * configuration exactly as pgbg._limits_for derives it in the registry (sql/registry/006).
+ */
+export function limitsFor(c: AdmissionConfig, scope: LimitScope): AdmissionLimits {
+  const out: AdmissionLimits = { queue: c.queue, queue_per_user: c.queue_per_user };
+  if (c.server !== undefined) out.server = c.server;
+  const perDatabase = c.database[scope.database] ?? c.database['*'];
+  if (perDatabase !== undefined) out.database = perDatabase;
+  const perUser = c.user[scope.user] ?? c.user['*'];
+  if (perUser !== undefined) out.user = perUser;
+  // No limit set for this role: it may hold all but one of the server-wide slots (see
+  // pgbg._user_limit), so one role cannot take every slot.
+  else if (out.server !== undefined) out.user = 'share';
+  const rule = scope.rule === null || !Object.hasOwn(c.rules, scope.rule) ? undefined : c.rules[scope.rule];
+  if (rule?.rule != null) out.rule = rule.rule;
+  if (rule?.busy_active_backends != null) out.busy_active_backends = rule.busy_active_backends;
+  if (rule?.busy_min_free_workers != null) out.busy_min_free_workers = rule.busy_min_free_workers;
   return out;
 }
 

@@ -102,7 +102,7 @@ export class ClientSession implements BackendStreamSink {
   private realPid = 0;
   private realKey = 0;
   private readonly cancelTarget = { cancel: () => this.cancelUpstream() };
-  /** Jobs this session must launch, retry or supervise; null when jobs are disabled. */
+  /** What this session owes its jobs once its client has gone (disconnect policy); null when jobs are disabled. */
   readonly jobs: SessionJobs | null;
   private superviseTimer: NodeJS.Timeout | null = null;
   private launcherRetryTimer: NodeJS.Timeout | null = null;
