@@ -14,9 +14,9 @@ import { literalsFor, substitute } from './param-literals.js';
  * search_path, shadowing schema or session setting changes what they mean.
  *
  * Submits jobs on the client's own upstream session (DESIGN.md decision 1): the statement is
- * checked by the server, the job row is inserted and the worker launched in one implicit
- * transaction by pgbg.submit_and_launch (so a failed launch leaves no job behind), and the
- * worker, running as the client's role, waits until that row is committed before it starts.
+ * checked by the server (parsed in the submission's own round trip, or at the client's Parse),
+ * and pgbg.enqueue records the job with the session's settings and commits; nothing waits for a
+ * worker. The login's launcher, inside PostgreSQL, launches it (registry version 6).
  */
 export class PgBackgroundSubmitter implements JobSubmitter {
   constructor(
@@ -51,13 +51,18 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     }
     const started = process.hrtime.bigint();
     let statement = plan.statements[0];
+    let validate: string | undefined;
     if (params && params.values.length > 0) {
       statement = substitute(statement, plan.params, await literalsFor(channel, params));
     } else if (plan.params.length > 0) {
       throw new PgError(SqlState.ProtocolViolation, `statement uses $${plan.params[0].index} but no parameters were bound`);
-    } else {
-      // Simple protocol: nothing was checked at Parse time, so check now.
+    } else if (plan.relations.length > 0) {
+      // Simple protocol: nothing was checked at Parse time, so check now (a utility statement's
+      // relations are not looked up by Parse: that takes a round trip of its own).
       await this.describe(channel, plan, []);
+    } else {
+      // Simple protocol: the statement is parsed ahead of the submission, in its round trip.
+      validate = statement;
     }
     const retry = this.policy.retry();
     const timeouts = this.policy.timeouts();
@@ -102,6 +107,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         String(this.policy.launcherIdleMs()),
         pgTextArray(this.policy.carrySettings()),
       ],
+      { validate },
     );
     const err = serverError(result);
     if (err) throw explainSubmitError(err, ctx.database);

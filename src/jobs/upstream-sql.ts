@@ -35,12 +35,24 @@ export async function runStatement(
   channel: SessionChannel,
   sql: string,
   values: (Buffer | string | null)[] = [],
-  options: { types?: number[]; formats?: number[]; /** A read: no explicit transaction (works on a standby too). */ readOnly?: boolean } = {},
+  options: {
+    types?: number[];
+    formats?: number[];
+    /** A read: no explicit transaction (works on a standby too). */
+    readOnly?: boolean;
+    /**
+     * SQL to parse (into the unnamed statement, never run) ahead of the statement in the same
+     * round trip: its syntax and names are checked by the server first, and if they are wrong
+     * the server skips the statement (and the COMMIT) and answers with that error.
+     */
+    validate?: string;
+  } = {},
 ): Promise<Exchange> {
   const own = channel.txStatus === 'I' && !options.readOnly;
   // The leading Close clears a statement left behind when an earlier exchange failed before its
   // own Close (after an error the server skips everything up to Sync).
   const messages = [
+    ...(options.validate !== undefined ? [fe.parse('', options.validate, [], channel.textEncoding)] : []),
     fe.close('S', STATEMENT),
     fe.parse(STATEMENT, sql, options.types ?? [], channel.textEncoding),
     fe.bind('', STATEMENT, values, options.formats ?? [], channel.textEncoding),

@@ -3,6 +3,7 @@ import pg from 'pg';
 import { eventually, getCluster, pgErrorOf } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
+import { authenticatedSocket, frame, int32, sendAndReadUntilReady } from '../support/wire.js';
 
 const cluster = getCluster();
 let via: TestProxy;
@@ -207,6 +208,33 @@ describe('errors the client sees at once, with no job created', () => {
     await client.end();
   });
 
+  it('a hinted simple Query after extended messages with no Sync yet is refused in order, never run, and the session goes on', async () => {
+    const socket = await authenticatedSocket(via.proxy.address.port, 'trustuser', db);
+    const before = (await observer.query('SELECT count(*)::int AS n FROM pgbg.job')).rows[0].n;
+    const parse = (sql: string) => frame('P', Buffer.concat([Buffer.from('\0'), Buffer.from(`${sql}\0`), Buffer.from([0, 0])]));
+    const bind = frame('B', Buffer.from([0, 0, 0, 0, 0, 0, 0, 0]));
+    const execute = frame('E', Buffer.concat([Buffer.from('\0'), int32(0)]));
+    const query = (sql: string) => frame('Q', Buffer.from(`${sql}\0`));
+    const sync = frame('S', Buffer.alloc(0));
+    // A failing extended statement, then the hint with no Sync between: the server skips
+    // everything up to the Sync, the hinted Query included; nothing may hang or run.
+    const failed = await sendAndReadUntilReady(socket, Buffer.concat([parse('SELECT 1/0'), bind, execute, query('/*+ background */ UPDATE accounts SET v = 77 WHERE id = 1'), sync]));
+    expect(failed.filter((m) => m.type === 'E')).toHaveLength(1);
+    expect(failed.filter((m) => m.type === 'E')[0].body.toString()).toMatch(/22012/);
+    // A good extended statement, then the hint: the hint is refused with an error, not run.
+    const good = await sendAndReadUntilReady(socket, Buffer.concat([parse('SELECT 2'), bind, execute, query('/*+ background */ UPDATE accounts SET v = 78 WHERE id = 1')]));
+    expect(good.filter((m) => m.type === 'E').map((m) => m.body.toString()).join()).toMatch(/first of its pipeline/);
+    await sendAndReadUntilReady(socket, sync);
+    const after = await sendAndReadUntilReady(socket, query('SELECT 3'));
+    expect(after.some((m) => m.type === 'D' && m.body.toString().includes('3'))).toBe(true);
+    // And the proxy's own statements are not stuck behind an answer it miscounted.
+    const hinted = await sendAndReadUntilReady(socket, query('/*+ background */ SELECT 4'));
+    expect(hinted.map((m) => m.type).join('')).toBe('TDCZ');
+    socket.destroy();
+    const jobs = await observer.query('SELECT statement FROM pgbg.job ORDER BY id OFFSET $1', [before]);
+    expect(jobs.rows).toEqual([{ statement: 'SELECT 4' }]);
+    expect((await observer.query('SELECT v FROM accounts WHERE id = 1')).rows[0].v).not.toBeOneOf([77, 78]);
+  });
 });
 
 describe('privileges (acceptance 4)', () => {

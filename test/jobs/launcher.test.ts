@@ -96,6 +96,52 @@ describe('settings captured at submission (acceptance 5)', () => {
   });
 });
 
+describe('launches batched in one launcher transaction (registry 7)', () => {
+  it('jobs committed together with alternating settings and roles each run with their own, the same settings twice in a row included', async () => {
+    const admin = await session();
+    await admin.query(`
+      CREATE SCHEMA b1 AUTHORIZATION alice; CREATE SCHEMA b2 AUTHORIZATION alice;
+      CREATE TABLE b1.bseen (n int, tz text, who text); ALTER TABLE b1.bseen OWNER TO alice;
+      CREATE TABLE b2.bseen (n int, tz text, who text); ALTER TABLE b2.bseen OWNER TO alice;
+      CREATE TABLE public.bseen (n int, tz text, who text); ALTER TABLE public.bseen OWNER TO alice;
+      DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'batch_helper') THEN CREATE ROLE batch_helper NOLOGIN; END IF; END$$;
+      GRANT INSERT ON b1.bseen, b2.bseen, public.bseen TO batch_helper; GRANT USAGE ON SCHEMA b1, b2 TO batch_helper;
+      GRANT batch_helper TO alice`);
+    // (a role of this test's own: roles are the whole cluster's, and other test files rely on
+    // alice not being a member of bob)
+    await cluster.grantPgBackground('batch_helper');
+    const alice = await session(db, 'alice');
+    // One transaction: the launcher sees all of them at once and launches them in batches of up
+    // to 8, with the previous launch's reset reused only when owner and settings are the same.
+    // 'public' = search_path not set by the session: the launcher's own search_path must be put
+    // back to the built-in default for each of two such jobs in a row, or the unqualified table
+    // is not found. (Not first: the first submission starts the launcher, whose start leaves a
+    // few timeouts set in this transaction, so later submissions carry them and the first not.)
+    const plan: [string, string, boolean][] = [
+      ['b1', 'Asia/Tokyo', false], ['public', 'UTC', false], ['public', 'UTC', false], ['b1', 'Asia/Tokyo', false], ['b2', 'UTC', false], ['b1', 'Asia/Tokyo', false],
+      ['b1', 'Asia/Tokyo', true], ['b1', 'Asia/Tokyo', true], ['b2', 'America/New_York', false], ['b2', 'America/New_York', false],
+      ['b1', 'Europe/Paris', false], ['b2', 'UTC', true],
+    ];
+    await alice.query('BEGIN');
+    const ids: string[] = [];
+    for (const [i, [schema, tz, asHelper]] of plan.entries()) {
+      await alice.query(`${schema === 'public' ? 'RESET search_path' : `SET LOCAL search_path = ${schema}`}; SET LOCAL TimeZone = '${tz}'; ${asHelper ? 'SET LOCAL ROLE batch_helper' : 'SET LOCAL ROLE NONE'}`);
+      ids.push((await enqueue(alice, `INSERT INTO bseen VALUES (${i}, current_setting('TimeZone'), current_user)`, 'INSERT')).job_id);
+    }
+    await alice.query('COMMIT');
+    for (const id of ids) {
+      const j = await waitJob(admin, id);
+      expect(j.state, JSON.stringify(j)).toBe('succeeded');
+    }
+    const rows = (
+      await admin.query("SELECT 'b1' AS schema, * FROM b1.bseen UNION ALL SELECT 'b2', * FROM b2.bseen UNION ALL SELECT 'public', * FROM public.bseen ORDER BY n")
+    ).rows;
+    expect(rows).toEqual(plan.map(([schema, tz, asHelper], n) => ({ schema, n, tz, who: asHelper ? 'batch_helper' : 'alice' })));
+    // Every one of them ran exactly once.
+    expect((await admin.query('SELECT count(*)::int AS n FROM pgbg.job_attempts WHERE job_id = ANY($1::bigint[])', [ids])).rows[0].n).toBe(ids.length);
+  });
+});
+
 describe('a terminated launcher (acceptance 4)', () => {
   it('its queued jobs run after the next session of the role; its supervised jobs end as their effect says', { timeout: 60_000 }, async () => {
     const admin = await session();

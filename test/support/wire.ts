@@ -51,12 +51,12 @@ export function reader(socket: net.Socket) {
   };
 }
 const readers = new WeakMap<net.Socket, () => Promise<Msg>>();
-export async function authenticatedSocket(port: number, user: string): Promise<net.Socket> {
+export async function authenticatedSocket(port: number, user: string, database = process.env.WIRE_DB ?? 'app'): Promise<net.Socket> {
   const socket = net.connect(port, '127.0.0.1');
   await new Promise((r) => socket.once('connect', r));
   const next = reader(socket);
   readers.set(socket, next);
-  socket.write(startupPacket(3 << 16, { user, database: process.env.WIRE_DB ?? 'app' }));
+  socket.write(startupPacket(3 << 16, { user, database }));
   for (;;) {
     const m = await next();
     if (m.type === 'E') throw new Error(m.body.toString());

@@ -37,6 +37,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(4, '004-fair-queue.sql', 'fair queue: round-robin between roles, per-role queue bound, options validated at submission, permanent launch failures end the job'),
   migration(5, '005-pg-background-api.sql', 'pg_background 1.3 (v1), 1.6-1.10 (_v2 names) and 2.x (unsuffixed handle API), chosen by which functions exist'),
   migration(6, '006-launcher.sql', 'the database owns a job once its row commits: a launcher per (database, login) launches, supervises and recovers; submission captures session settings'),
+  migration(7, '007-job-path-cost.sql', 'the job path costs less: helpers keep their plans (PL/pgSQL or inlinable SQL), one launcher look per submission, launches committed in batches'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
