@@ -275,13 +275,17 @@ export async function startPgBouncer(opts: {
   const iniFile = path.join(dir, 'pgbouncer.ini');
   await fs.writeFile(iniFile, ini);
   await fs.writeFile(logFile, '');
-  let file = PGBOUNCER_BIN;
-  let args = [iniFile];
+  // PgBouncer needs a descriptor per client: raise the soft limit (1024 under runuser) up to
+  // the hard one, or past about 1,000 idle clients accept() fails and connects hang.
+  const fds = (opts.maxClientConn ?? 200) + 200;
+  const withFds = `ulimit -n ${fds} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`;
+  let file = 'sh';
+  let args = ['-c', withFds, PGBOUNCER_BIN, iniFile];
   if (opts.osUser !== null) {
     const chown = spawnSync('chown', ['-R', opts.osUser, dir], { encoding: 'utf8' });
     if (chown.status !== 0) throw new Error(`chown ${dir}: ${chown.stderr}`);
     file = 'runuser';
-    args = ['-u', opts.osUser, '--', PGBOUNCER_BIN, iniFile];
+    args = ['-u', opts.osUser, '--', 'sh', '-c', withFds, PGBOUNCER_BIN, iniFile];
   }
   const service = startService('pgbouncer', file, args, { logFile, graceMs: 3000 });
   try {
