@@ -344,25 +344,23 @@ export class ClientSession implements BackendStreamSink {
   private onQuery(msg: Buffer): void {
     const sql = readQuery(msg, this.textEncoding);
     const route = this.deps.router().route(sql, this.routingContext());
-    // Extended-protocol messages forwarded without a Sync: the server may be skipping
-    // everything up to that Sync after an error, this Query included.
-    const unsynced = this.forwardedSinceSync > 0;
+    if (route.action !== 'forward' && this.forwardedSinceSync > 0) {
+      // Extended-protocol messages went ahead without a Sync, and the server may be skipping
+      // everything up to that Sync after an error, this Query included. The proxy cannot run
+      // statements of its own in between: a statement that fails at once takes this one's
+      // place, in order, and the server treats it as it would have treated the client's Query
+      // (skipped, or an error). Whether it answers is unknown until the Sync, so the batch
+      // stays open until then.
+      this.deps.observer.statement('rejected');
+      this.outbound.add(queryMessage(raiseStatement(new PgError(SqlState.ProtocolViolation, PIPELINE_REFUSAL))));
+      return;
+    }
     this.forwardedSinceSync = 0;
     this.batchHasLocal = false;
     if (route.action === 'forward') {
       this.deps.observer.statement('forwarded');
       this.pendingReady++;
       this.outbound.add(msg);
-      return;
-    }
-    if (unsynced) {
-      // The proxy cannot run statements of its own in between: a statement that fails at once
-      // takes this one's place, in order, and the server treats it as it would have treated
-      // the client's Query (skipped while it waits for the Sync, otherwise an error). Whether
-      // it answers is unknown until the Sync, so the batch stays open until then.
-      this.deps.observer.statement('rejected');
-      this.outbound.add(queryMessage(raiseStatement(new PgError(SqlState.ProtocolViolation, 'a background statement must be the first of its pipeline; send Sync before it'))));
-      this.forwardedSinceSync = 1;
       return;
     }
     this.runLocal(async () => {
@@ -971,8 +969,12 @@ function isFatal(message: Buffer): boolean {
  * where no client can create the relation (on its search_path it could, and the refusal would
  * then run as a harmless SELECT instead of failing).
  */
+/** Why a background statement in the middle of an extended-protocol batch is refused. */
+const PIPELINE_REFUSAL = 'a background statement must be the first of its pipeline; send Sync before it';
+
+/** A statement the server fails at Parse, naming PIPELINE_REFUSAL. */
 function pipelineRefusal(): string {
-  return 'SELECT FROM pg_catalog."pgbg-proxy: a background statement must be the first of its pipeline; send Sync before it"';
+  return `SELECT FROM pg_catalog."pgbg-proxy: ${PIPELINE_REFUSAL}"`;
 }
 
 /** A Bind aimed at a statement name the server cannot have, so the server fails it in order. */

@@ -3,7 +3,8 @@ import pg from 'pg';
 import { eventually, getCluster, pgErrorOf } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
-import { authenticatedSocket, frame, int32, sendAndReadUntilReady } from '../support/wire.js';
+import * as fe from '../../src/protocol/frontend-writer.js';
+import { authenticatedSocket, sendAndReadUntilReady } from '../support/wire.js';
 
 const cluster = getCluster();
 let via: TestProxy;
@@ -211,11 +212,11 @@ describe('errors the client sees at once, with no job created', () => {
   it('a hinted simple Query after extended messages with no Sync yet is refused in order, never run, and the session goes on', async () => {
     const socket = await authenticatedSocket(via.proxy.address.port, 'trustuser', db);
     const before = (await observer.query('SELECT count(*)::int AS n FROM pgbg.job')).rows[0].n;
-    const parse = (sql: string) => frame('P', Buffer.concat([Buffer.from('\0'), Buffer.from(`${sql}\0`), Buffer.from([0, 0])]));
-    const bind = frame('B', Buffer.from([0, 0, 0, 0, 0, 0, 0, 0]));
-    const execute = frame('E', Buffer.concat([Buffer.from('\0'), int32(0)]));
-    const query = (sql: string) => frame('Q', Buffer.from(`${sql}\0`));
-    const sync = frame('S', Buffer.alloc(0));
+    const parse = (sql: string) => fe.parse('', sql);
+    const bind = fe.bind('', '', []);
+    const execute = fe.execute();
+    const query = fe.query;
+    const sync = fe.sync();
     // A failing extended statement, then the hint with no Sync between: the server skips
     // everything up to the Sync, the hinted Query included; nothing may hang or run.
     const failed = await sendAndReadUntilReady(socket, Buffer.concat([parse('SELECT 1/0'), bind, execute, query('/*+ background */ UPDATE accounts SET v = 77 WHERE id = 1'), sync]));
