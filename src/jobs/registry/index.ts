@@ -38,6 +38,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(5, '005-pg-background-api.sql', 'pg_background 1.3 (v1), 1.6-1.10 (_v2 names) and 2.x (unsuffixed handle API), chosen by which functions exist'),
   migration(6, '006-launcher.sql', 'the database owns a job once its row commits: a launcher per (database, login) launches, supervises and recovers; submission captures session settings'),
   migration(7, '007-job-path-cost.sql', 'the job path costs less: helpers keep their plans (PL/pgSQL or inlinable SQL), one launcher look per submission, launches committed in batches'),
+  migration(8, '008-stopped-at-launch.sql', 'a supervised worker that had stopped when its launch returned (pg_background pid 0) is settled at once with its real outcome; a transactional one fails its launch with that reason'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
