@@ -39,6 +39,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(6, '006-launcher.sql', 'the database owns a job once its row commits: a launcher per (database, login) launches, supervises and recovers; submission captures session settings'),
   migration(7, '007-job-path-cost.sql', 'the job path costs less: helpers keep their plans (PL/pgSQL or inlinable SQL), one launcher look per submission, launches committed in batches'),
   migration(8, '008-stopped-at-launch.sql', 'a supervised worker that had stopped when its launch returned (pg_background pid 0) is settled at once with its real outcome; a transactional one fails its launch with that reason'),
+  migration(9, '009-lean-worker.sql', 'a job\'s worker does less: the outcome path writes out the helpers it called (each compiled once per worker process, that is once per job)'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
