@@ -62,7 +62,10 @@ describe('memory after a large message', () => {
     const m = await measure('60 MB Bind', async (c) => {
       expect((await c.query('SELECT length($1) AS n', [big])).rows).toEqual([{ n: 60 * MiB }]);
     });
-    expect(m.peak - m.before).toBeLessThan(30);
+    // A buffer holding the message would add at least 60 MiB. What is in flight (socket
+    // buffers, pieces waiting for the server to read) measured up to 30.6 MiB under the whole
+    // suite's load on 2 cores, 10-20 MiB alone.
+    expect(m.peak - m.before).toBeLessThan(45);
     expect(m.after - m.before).toBeLessThan(30);
   });
 
