@@ -191,3 +191,42 @@ describe('a terminated launcher (acceptance 4)', () => {
     }
   });
 });
+
+describe('what a submission looks at (registry 10)', () => {
+  it("a transactional job without the launch right gets the 42501 that names the missing function", async () => {
+    const su = await session();
+    await su.query("CREATE ROLE enq_no_launch LOGIN PASSWORD 'enq-no-launch'");
+    // (spelled as the error spells it: schema-qualified)
+    await su.query('SET search_path = pg_catalog');
+    const launch = (await su.query('SELECT launch_function::text AS f FROM pgbg.pg_background_info()')).rows[0].f as string;
+    await su.query('RESET search_path');
+    expect((await su.query("SELECT has_function_privilege('enq_no_launch', $1, 'EXECUTE') AS ok", [launch])).rows[0].ok).toBe(false);
+    const c = new pg.Client({ ...cluster.clientConfig({ user: 'enq_no_launch', database: db }), password: 'enq-no-launch' });
+    c.on('error', () => undefined);
+    await c.connect();
+    open.push(c);
+    const err = await c.query("SELECT * FROM pgbg.enqueue('SELECT 1', 'SELECT', true)").then(() => null, (e) => e);
+    expect(err?.code).toBe('42501');
+    expect(err?.message).toBe(`permission denied: role enq_no_launch may not launch pg_background workers in database ${db}`);
+    expect(err?.detail).toBe(`enq_no_launch needs EXECUTE on ${launch}`);
+    expect((await su.query("SELECT count(*)::int AS n FROM pgbg.job WHERE owner = 'enq_no_launch'")).rows[0].n).toBe(0);
+  });
+
+  it("a probe's shared hold of a launcher lock is not a live launcher; the launcher's exclusive hold is", async () => {
+    const su = await session();
+    const holder = await session();
+    await su.query("CREATE ROLE probe_only LOGIN PASSWORD 'probe-only'");
+    const key = (await su.query("SELECT pgbg._launcher_key('probe_only') AS k")).rows[0].k as number;
+    const alive = async () => (await su.query("SELECT pgbg._launcher_alive('probe_only') AS a, pgbg._launcher_probe('probe_only') AS p")).rows[0];
+    expect(await alive()).toEqual({ a: false, p: false });
+    await holder.query('SELECT pg_advisory_lock_shared(1885825635, $1)', [key]);
+    expect(await alive()).toEqual({ a: false, p: false });
+    await holder.query('SELECT pg_advisory_unlock_shared(1885825635, $1)', [key]);
+    await holder.query('SELECT pg_advisory_lock(1885825635, $1)', [key]);
+    expect(await alive()).toEqual({ a: true, p: true });
+    await holder.query('SELECT pg_advisory_unlock(1885825635, $1)', [key]);
+    expect(await alive()).toEqual({ a: false, p: false });
+    // the probe leaves nothing behind
+    expect((await su.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885825635 AND objid = $1", [key])).rows[0].n).toBe(0);
+  });
+});

@@ -1,0 +1,155 @@
+-- Job registry, schema version 10: a submission looks at less.
+--
+-- Measured on version 9 (PostgreSQL 15, 2 cores, perf of 1,000 pgbg.enqueue calls on a quiet
+-- server): besides the read of pg_settings (the session's settings, which a job needs), a
+-- submission read pg_background's functions from the catalog twice (pgbg.pg_background_info,
+-- once for the caller's rights and again in pgbg._enqueue_job, which trusts nothing) and copied
+-- the server's whole lock tables (pg_locks: regular and predicate locks) to learn whether its
+-- login's launcher is alive.
+--
+--  - pgbg.enqueue leaves the launch right of a transactional job to pgbg._enqueue_job and asks
+--    pgbg._check_launch_rights for the detailed error only when that check fails (a supervised
+--    job's wait and result rights are still checked first);
+--  - the launcher's liveness is probed on its own lock: a shared try of the lock the launcher
+--    holds exclusively for its life (pg_try_advisory_lock_shared), released at once when it was
+--    free. A probe that finds the lock free says "not alive" and the submission starts a
+--    launcher; a launcher starting at that very moment may miss its lock and exit, but the
+--    prober's own launcher takes its place, so a probe never leaves a login without a launcher.
+--    Only when the lock is free does the submission ask pgbg._launcher_alive, which also counts
+--    a launcher being started (so a burst of submissions starts one, not one each); that
+--    function now counts only the launcher's exclusive hold, never a probe's shared one.
+-- Nothing about what a job is, who may do what, or how it ends changes here.
+-- Released: never edit this file; change the registry with a new numbered migration.
+
+-- Is the login's launcher alive? True when another session holds its launcher lock.
+CREATE FUNCTION pgbg._launcher_probe(p_login name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_key integer := pgbg._launcher_key(p_login);
+BEGIN
+  IF pg_try_advisory_lock_shared(1885825635, v_key) THEN
+    PERFORM pg_advisory_unlock_shared(1885825635, v_key);
+    RETURN false;
+  END IF;
+  RETURN true;
+END
+$fn$;
+
+-- As version 7's, counting only the launcher's own (exclusive) hold of its lock.
+CREATE OR REPLACE FUNCTION pgbg._launcher_alive(p_login name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+BEGIN
+  RETURN EXISTS (SELECT 1 FROM pg_locks l
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'
+                    AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                    AND l.classid = 1885825635::oid AND l.objsubid = 2
+                    AND l.objid = pgbg._launcher_key(p_login)::oid)
+      OR EXISTS (SELECT 1 FROM pgbg.launcher x
+                  WHERE x.login = p_login
+                    AND x.starting_at > clock_timestamp() - interval '2 seconds');
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION pgbg._launcher_probe(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgbg._launcher_probe(name) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- Submission: as version 7's pgbg.enqueue, with the two changes above
+-- ---------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgbg.enqueue(
+  statement text,
+  kind text,
+  transactional boolean,
+  rule text DEFAULT NULL,
+  options jsonb DEFAULT NULL,
+  priority integer DEFAULT NULL,
+  idem_key text DEFAULT NULL,
+  session_id text DEFAULT NULL,
+  limits jsonb DEFAULT NULL,
+  launcher_idle_ms integer DEFAULT 10000,
+  carry_settings text[] DEFAULT NULL,
+  OUT job_id bigint,
+  OUT state text,
+  OUT existing boolean,
+  OUT launcher_started integer,
+  OUT launcher_alive boolean)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $fn$
+DECLARE
+  v_transactional boolean := COALESCE(enqueue.transactional, true);
+  v_limits pg_catalog.jsonb := COALESCE(enqueue.limits, pg_catalog.jsonb_build_object());
+  v_mine pg_catalog.int8;
+BEGIN
+  existing := false;
+  PERFORM pgbg._check_options(enqueue.options, enqueue.priority);
+  IF pg_catalog.jsonb_typeof(v_limits) IS NULL OR NOT (pg_catalog.jsonb_typeof(v_limits) OPERATOR(pg_catalog.=) 'object') THEN
+    RAISE EXCEPTION 'limits must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  -- A transactional job needs only the launch right, which pgbg._enqueue_job checks (trusting
+  -- nothing); pgbg._check_launch_rights, which names what is missing, runs when that check
+  -- fails. A supervised one also needs the wait and result functions: checked here first.
+  IF NOT v_transactional THEN
+    PERFORM pgbg._check_launch_rights(false);
+  END IF;
+  -- Held until this transaction commits: the login's launcher cannot exit meanwhile, so it
+  -- either sees this job or is seen to be gone (then a new one is started below).
+  PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885825636, pgbg._launcher_key(session_user));
+  BEGIN
+    job_id := pgbg._enqueue_job(current_user, enqueue.statement, enqueue.kind, v_transactional, enqueue.rule,
+                                enqueue.options, enqueue.priority, enqueue.idem_key, enqueue.session_id,
+                                pgbg.session_settings(enqueue.carry_settings), v_limits);
+  EXCEPTION WHEN insufficient_privilege THEN
+    PERFORM pgbg._check_launch_rights(v_transactional); -- raises the detailed 42501 if that is why
+    RAISE;
+  WHEN unique_violation THEN
+    SELECT j.id, j.state INTO job_id, state FROM pgbg.job j
+     WHERE j.owner OPERATOR(pg_catalog.=) current_user AND j.idem_key OPERATOR(pg_catalog.=) enqueue.idem_key
+       AND (j.state OPERATOR(pg_catalog.=) 'queued' OR j.state OPERATOR(pg_catalog.=) 'running')
+     ORDER BY j.id DESC LIMIT 1;
+    IF NOT FOUND THEN
+      RAISE;
+    END IF;
+    existing := true;
+    launcher_alive := pgbg._launcher_alive(session_user);
+    RETURN;
+  END;
+  IF pg_catalog.jsonb_typeof(v_limits OPERATOR(pg_catalog.->) 'queue_per_user') OPERATOR(pg_catalog.=) 'number' THEN
+    SELECT pg_catalog.count(*) INTO v_mine FROM pgbg.job j
+     WHERE j.state OPERATOR(pg_catalog.=) 'queued' AND j.owner OPERATOR(pg_catalog.=) current_user;
+    IF v_mine OPERATOR(pg_catalog.>) (v_limits OPERATOR(pg_catalog.->>) 'queue_per_user')::pg_catalog.int8 THEN
+      RAISE EXCEPTION 'role % already has % queued background jobs, the most jobs.maxQueuedPerUser allows',
+        current_user, (v_limits OPERATOR(pg_catalog.->>) 'queue_per_user')
+        USING ERRCODE = '53400',
+              HINT = 'Retry later, when some of them have started, or raise jobs.maxQueuedPerUser in the pgbg-proxy configuration.';
+    END IF;
+  END IF;
+  IF pg_catalog.jsonb_typeof(v_limits OPERATOR(pg_catalog.->) 'queue') OPERATOR(pg_catalog.=) 'number'
+     AND pgbg._queue_length() OPERATOR(pg_catalog.>) (v_limits OPERATOR(pg_catalog.->>) 'queue')::pg_catalog.int8 THEN
+    RAISE EXCEPTION 'the background job queue is full (% jobs queued, the most jobs.maxQueued allows)', (v_limits OPERATOR(pg_catalog.->>) 'queue')
+      USING ERRCODE = '53400',
+            HINT = 'Retry later, or raise jobs.maxQueued in the pgbg-proxy configuration.';
+  END IF;
+  state := 'queued';
+  launcher_alive := pgbg._launcher_probe(session_user);
+  IF NOT launcher_alive THEN
+    launcher_alive := pgbg._launcher_alive(session_user); -- a launcher being started counts
+  END IF;
+  IF NOT launcher_alive THEN
+    -- A launcher that cannot start now (no free worker slot) does not undo the submission: the
+    -- job waits, visibly (pgbg.jobs.waiting_for_launcher), for the next submission or session
+    -- of this login to start one.
+    BEGIN
+      launcher_started := pgbg.start_launcher(enqueue.launcher_idle_ms);
+    EXCEPTION WHEN OTHERS THEN
+      launcher_started := NULL;
+    END;
+    launcher_alive := pgbg._launcher_alive(session_user);
+  END IF;
+END
+$fn$;
