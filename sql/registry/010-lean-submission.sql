@@ -18,6 +18,14 @@
 --    Only when the lock is free does the submission ask pgbg._launcher_alive, which also counts
 --    a launcher being started (so a burst of submissions starts one, not one each); that
 --    function now counts only the launcher's exclusive hold, never a probe's shared one.
+--  - a submission may say whose settings it has: settings_from names an earlier job of the same
+--    session (same owner, login and session id, submitted since this backend started and since
+--    it last read its configuration files: pg_conf_load_time) whose settings are still the
+--    session's, and they are copied instead of read from pg_settings, the larger part of what a
+--    submission costs. The proxy passes it only when it has relayed nothing from its client
+--    since that job and its jobs.carrySettings are unchanged: nothing else runs SQL in the
+--    session. A caller that names a stale job gets settings its own session had, as if it had
+--    SET them again: no right is gained. Any check failing means a fresh read.
 -- Nothing about what a job is, who may do what, or how it ends changes here.
 -- Released: never edit this file; change the registry with a new numbered migration.
 
@@ -58,10 +66,13 @@ REVOKE ALL ON FUNCTION pgbg._launcher_probe(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgbg._launcher_probe(name) TO PUBLIC;
 
 -- ---------------------------------------------------------------------------------------
--- Submission: as version 7's pgbg.enqueue, with the two changes above
+-- Submission: as version 7's pgbg.enqueue, with the changes above (a new argument at the
+-- end: the old signature goes, or calls with its arguments would match two functions)
 -- ---------------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION pgbg.enqueue(
+DROP FUNCTION pgbg.enqueue(text, text, boolean, text, jsonb, integer, text, text, jsonb, integer, text[]);
+
+CREATE FUNCTION pgbg.enqueue(
   statement text,
   kind text,
   transactional boolean,
@@ -73,6 +84,7 @@ CREATE OR REPLACE FUNCTION pgbg.enqueue(
   limits jsonb DEFAULT NULL,
   launcher_idle_ms integer DEFAULT 10000,
   carry_settings text[] DEFAULT NULL,
+  settings_from bigint DEFAULT NULL,
   OUT job_id bigint,
   OUT state text,
   OUT existing boolean,
@@ -85,6 +97,7 @@ DECLARE
   v_transactional boolean := COALESCE(enqueue.transactional, true);
   v_limits pg_catalog.jsonb := COALESCE(enqueue.limits, pg_catalog.jsonb_build_object());
   v_mine pg_catalog.int8;
+  v_settings pg_catalog.jsonb;
 BEGIN
   existing := false;
   PERFORM pgbg._check_options(enqueue.options, enqueue.priority);
@@ -100,10 +113,24 @@ BEGIN
   -- Held until this transaction commits: the login's launcher cannot exit meanwhile, so it
   -- either sees this job or is seen to be gone (then a new one is started below).
   PERFORM pg_catalog.pg_advisory_xact_lock_shared(1885825636, pgbg._launcher_key(session_user));
+  IF enqueue.settings_from IS NOT NULL THEN
+    -- (row-level security shows the caller only its own jobs, and owner is checked anyway)
+    SELECT j.settings INTO v_settings FROM pgbg.job j
+     WHERE j.id OPERATOR(pg_catalog.=) enqueue.settings_from
+       AND j.owner OPERATOR(pg_catalog.=) current_user
+       AND j.login OPERATOR(pg_catalog.=) session_user
+       AND j.session_id OPERATOR(pg_catalog.=) enqueue.session_id
+       AND j.submitted_at OPERATOR(pg_catalog.>=) pg_catalog.pg_conf_load_time()
+       AND j.submitted_at OPERATOR(pg_catalog.>=) (SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a)
+       AND j.settings OPERATOR(pg_catalog.?&) COALESCE(enqueue.carry_settings, ARRAY[]::pg_catalog.text[]);
+  END IF;
+  IF v_settings IS NULL THEN
+    v_settings := pgbg.session_settings(enqueue.carry_settings);
+  END IF;
   BEGIN
     job_id := pgbg._enqueue_job(current_user, enqueue.statement, enqueue.kind, v_transactional, enqueue.rule,
                                 enqueue.options, enqueue.priority, enqueue.idem_key, enqueue.session_id,
-                                pgbg.session_settings(enqueue.carry_settings), v_limits);
+                                v_settings, v_limits);
   EXCEPTION WHEN insufficient_privilege THEN
     PERFORM pgbg._check_launch_rights(v_transactional); -- raises the detailed 42501 if that is why
     RAISE;
@@ -153,3 +180,6 @@ BEGIN
   END IF;
 END
 $fn$;
+
+REVOKE ALL ON FUNCTION pgbg.enqueue(text, text, boolean, text, jsonb, integer, text, text, jsonb, integer, text[], bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgbg.enqueue(text, text, boolean, text, jsonb, integer, text, text, jsonb, integer, text[], bigint) TO PUBLIC;

@@ -91,9 +91,12 @@ export class PgBackgroundSubmitter implements JobSubmitter {
       window: window ? { from: window.from, to: window.to, time_zone: window.timeZone } : undefined,
       index,
     };
+    const carry = this.policy.carrySettings();
+    const carryKey = carry.join('\n');
+    const settingsFrom = ctx.settingsFrom && ctx.settingsFrom.carry === carryKey ? ctx.settingsFrom.jobId.toString() : null;
     const result = await runStatement(
       channel,
-      'SELECT job_id, state, existing, launcher_started, launcher_alive FROM pgbg.enqueue($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.jsonb, $6::pg_catalog.int4, $7::pg_catalog.text, $8::pg_catalog.text, $9::pg_catalog.jsonb, $10::pg_catalog.int4, $11::pg_catalog.text[])',
+      'SELECT job_id, state, existing, launcher_started, launcher_alive FROM pgbg.enqueue($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.bool, $4::pg_catalog.text, $5::pg_catalog.jsonb, $6::pg_catalog.int4, $7::pg_catalog.text, $8::pg_catalog.text, $9::pg_catalog.jsonb, $10::pg_catalog.int4, $11::pg_catalog.text[], $12::pg_catalog.int8)',
       [
         statement,
         plan.kind,
@@ -105,7 +108,8 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         ctx.sessionId,
         JSON.stringify(this.policy.limits({ database: ctx.database, user: ctx.user, rule: plan.rule })),
         String(this.policy.launcherIdleMs()),
-        pgTextArray(this.policy.carrySettings()),
+        pgTextArray(carry),
+        settingsFrom,
       ],
       { validate },
     );
@@ -113,6 +117,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
     if (err) throw explainSubmitError(err, ctx.database);
     const [jobId, state, existing, launcherStarted, launcherAlive] = result.rows[0] as (string | null)[];
     const job: SubmittedJob = { jobId: BigInt(jobId!), state: state!, existing: existing === 't', launcherAlive: launcherAlive === 't' };
+    if (!job.existing) job.settings = { jobId: job.jobId, carry: carryKey };
     this.log.info(
       {
         event: 'job_submitted',
@@ -126,6 +131,7 @@ export class PgBackgroundSubmitter implements JobSubmitter {
         existing: existing === 't',
         launcher_started: launcherStarted ? Number(launcherStarted) : null,
         launcher_alive: launcherAlive === 't',
+        settings_from: settingsFrom,
         submit_ms: Number(process.hrtime.bigint() - started) / 1e6,
       },
       'job submitted',

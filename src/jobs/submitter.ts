@@ -16,6 +16,19 @@ export interface SubmittedJob {
   existing: boolean;
   /** The login's launcher is alive (or starting); false when it could not be started now. */
   launcherAlive: boolean;
+  /**
+   * A new job's row holds the settings its session had at submission: while the session runs
+   * nothing else, a later submission may name it instead of reading them again (absent for an
+   * existing job, whose settings are another submission's).
+   */
+  settings?: SettingsToken;
+}
+
+/** A job whose recorded settings were the session's, and the carried custom settings they cover. */
+export interface SettingsToken {
+  jobId: bigint;
+  /** jobs.carrySettings when the job was recorded: a changed list means a fresh read. */
+  carry: string;
 }
 
 /**
@@ -47,4 +60,10 @@ export interface SubmitContext {
   user: string;
   database: string;
   applicationName: string;
+  /**
+   * The session's latest new job, when the session has relayed nothing from its client since:
+   * nothing can have changed its settings, so they are copied from that job's row
+   * (pgbg.enqueue's settings_from, which the server checks again).
+   */
+  settingsFrom?: SettingsToken;
 }

@@ -17,7 +17,7 @@ import { connectUpstream, sendCancel, type UpstreamAddress } from '../upstream/c
 import type { Exchange, SessionChannel } from '../upstream/channel.js';
 import type { CancelKeys } from '../listener/cancel-keys.js';
 import type { RoutingContext, StatementRouter } from '../rules/route.js';
-import type { BoundParams, JobSubmitter, SubmittedJob } from '../jobs/submitter.js';
+import type { BoundParams, JobSubmitter, SettingsToken, SubmittedJob } from '../jobs/submitter.js';
 import { SessionJobs } from './session-jobs.js';
 import { noteLargeMessage } from './large-message-release.js';
 import type { JobPlan } from '../jobs/plan.js';
@@ -84,6 +84,10 @@ export class ClientSession implements BackendStreamSink {
   private batchHasLocal = false;
   /** After a local error in an extended batch, messages are discarded up to Sync, as the server does. */
   private skipUntilSync = false;
+  /** Batches of client bytes relayed to the server so far: any of them may have changed a setting. */
+  private relayed = 0;
+  /** The latest new job of this session and the relay count when it was recorded (see SubmitContext.settingsFrom). */
+  private settingsFrom: { token: SettingsToken; relayed: number } | null = null;
   txStatus: 'I' | 'T' | 'E' = 'I';
 
   private held: { type: number; msg: Buffer }[] = [];
@@ -375,6 +379,7 @@ export class ClientSession implements BackendStreamSink {
         if (this.deps.settings().inTransaction === 'foreground') {
           this.deps.observer.statement('forwarded');
           this.pendingReady++;
+          this.relayed++;
           this.writeUpstream(msg);
           return;
         }
@@ -396,6 +401,7 @@ export class ClientSession implements BackendStreamSink {
    */
   private forwardRaise(error: PgError): void {
     this.pendingReady++;
+    this.relayed++;
     this.writeUpstream(queryMessage(raiseStatement(error)));
   }
 
@@ -539,7 +545,9 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private submitContext() {
-    return { sessionId: this.id, user: this.user, database: this.database, applicationName: this.applicationName };
+    // Nothing relayed since that job: only the proxy's own statements ran, and they set nothing.
+    const settingsFrom = this.settingsFrom?.relayed === this.relayed ? this.settingsFrom.token : undefined;
+    return { sessionId: this.id, user: this.user, database: this.database, applicationName: this.applicationName, settingsFrom };
   }
 
   private async submit(plan: JobPlan, params: BoundParams | null): Promise<SubmittedJob> {
@@ -555,6 +563,7 @@ export class ClientSession implements BackendStreamSink {
     this.deps.observer.statement('backgrounded');
     this.deps.observer.jobSubmitted((performance.now() - started) / 1000);
     this.jobs?.track(job, plan.options.onDisconnect ?? 'keep');
+    if (job.settings) this.settingsFrom = { token: job.settings, relayed: this.relayed };
     if (!job.launcherAlive) this.scheduleLauncherRetry();
     return job;
   }
@@ -790,6 +799,7 @@ export class ClientSession implements BackendStreamSink {
 
   private flushOutbound(): void {
     if (this.outbound.empty) return;
+    this.relayed++;
     this.outbound.drainTo((buf) => this.writeUpstream(buf));
   }
 

@@ -7,7 +7,7 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, getCluster } from '../harness/index.js';
+import { eventually, getCluster, startCluster } from '../harness/index.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
 import { startTestProxy } from '../support/proxy.js';
 
@@ -228,5 +228,76 @@ describe('what a submission looks at (registry 10)', () => {
     expect(await alive()).toEqual({ a: false, p: false });
     // the probe leaves nothing behind
     expect((await su.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885825635 AND objid = $1", [key])).rows[0].n).toBe(0);
+  });
+});
+
+describe("settings copied from the session's previous job (registry 10)", () => {
+  const enqueueFrom = (c: pg.Client, sessionId: string, from: string | null) =>
+    c.query("SELECT job_id FROM pgbg.enqueue('SELECT 1', 'SELECT', true, NULL, NULL, NULL, NULL, $1, NULL, 10000, NULL, $2)", [sessionId, from]).then((r) => String(r.rows[0].job_id));
+  const timeZoneOf = async (c: pg.Client, id: string) => (await c.query("SELECT settings->>'TimeZone' AS tz FROM pgbg.job WHERE id = $1", [id])).rows[0].tz;
+
+  it('settings_from copies an earlier job of the same session, owner and login; anything else reads them afresh', async () => {
+    const su = await session();
+    const c = await session();
+    await c.query("SET TimeZone = 'Asia/Tokyo'");
+    const first = await enqueueFrom(c, 'copy-1', null);
+    expect(await timeZoneOf(su, first)).toBe('Asia/Tokyo');
+    await c.query("SET TimeZone = 'America/New_York'");
+    // the caller vouches that its settings are still those of `first`: they are copied
+    expect(await timeZoneOf(su, await enqueueFrom(c, 'copy-1', first))).toBe('Asia/Tokyo');
+    // another session id, no job, another owner's job: read afresh
+    expect(await timeZoneOf(su, await enqueueFrom(c, 'copy-2', first))).toBe('America/New_York');
+    expect(await timeZoneOf(su, await enqueueFrom(c, 'copy-1', '999999999'))).toBe('America/New_York');
+    const bob = await session(db, 'bob');
+    await bob.query("SET TimeZone = 'Europe/Paris'");
+    expect(await timeZoneOf(su, await enqueueFrom(bob, 'copy-1', first))).toBe('Europe/Paris');
+    // after the session read its configuration files again, the copy would be stale: afresh
+    await su.query('SELECT pg_reload_conf()');
+    await eventually(async () => (await c.query('SELECT pg_conf_load_time() > (SELECT submitted_at FROM pgbg.job WHERE id = $1) AS reloaded', [first])).rows[0].reloaded, 10_000, 50);
+    expect(await timeZoneOf(su, await enqueueFrom(c, 'copy-1', first))).toBe('America/New_York');
+  });
+
+  it('through the proxy, back-to-back submissions read the settings once; anything relayed in between makes the next one read them again', { timeout: 60_000 }, async () => {
+    // A cluster of its own that counts function calls (track_functions is the server's setting,
+    // so every session and launcher has the same value and a job never needs to set it).
+    const counted = await startCluster({ settings: { track_functions: 'all' } });
+    try {
+      const cdb = await registryDatabase(counted);
+      const su = await counted.connect({ database: cdb });
+      await su.query('CREATE TABLE copied (tz text, n int); GRANT INSERT ON copied TO alice');
+      const calls = async () =>
+        Number((await su.query("SELECT COALESCE(sum(calls), 0) AS n FROM pg_stat_user_functions WHERE schemaname = 'pgbg' AND funcname = 'session_settings'")).rows[0].n);
+      const via = await startTestProxy(counted, {});
+      try {
+        const c = await via.connect({ user: 'alice', database: cdb });
+        c.on('error', () => undefined);
+        await c.query("SET TimeZone = 'Asia/Tokyo'");
+        const before = await calls();
+        const ids: string[] = [];
+        for (let i = 1; i <= 3; i++) ids.push(await submit(c, `/*+ background */ INSERT INTO copied VALUES (current_setting('TimeZone'), ${i})`));
+        await c.query("SET TimeZone = 'America/New_York'"); // relayed: the next submission reads again
+        ids.push(await submit(c, "/*+ background */ INSERT INTO copied VALUES (current_setting('TimeZone'), 4)"));
+        for (const id of ids) {
+          const j = await waitJob(su, id);
+          expect(j.state, JSON.stringify(j)).toBe('succeeded');
+        }
+        expect((await su.query('SELECT tz, n FROM copied ORDER BY n')).rows).toEqual([
+          { tz: 'Asia/Tokyo', n: 1 },
+          { tz: 'Asia/Tokyo', n: 2 },
+          { tz: 'Asia/Tokyo', n: 3 },
+          { tz: 'America/New_York', n: 4 },
+        ]);
+        // a session's function counts reach the shared statistics once it has been idle a while
+        await eventually(async () => (await calls()) - before >= 2, 15_000, 200);
+        await new Promise((r) => setTimeout(r, 2500));
+        expect((await calls()) - before).toBe(2);
+        await c.end();
+      } finally {
+        await via.close();
+        await su.end();
+      }
+    } finally {
+      await counted.stop();
+    }
   });
 });
