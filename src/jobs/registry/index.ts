@@ -41,6 +41,7 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(8, '008-stopped-at-launch.sql', 'a supervised worker that had stopped when its launch returned (pg_background pid 0) is settled at once with its real outcome; a transactional one fails its launch with that reason'),
   migration(9, '009-lean-worker.sql', 'a job\'s worker does less: the outcome path writes out the helpers it called (each compiled once per worker process, that is once per job)'),
   migration(10, '010-lean-submission.sql', 'a submission looks at less: the launch right checked once, the launcher probed on its own lock instead of pg_lock_status'),
+  migration(11, '011-admission-plans.sql', 'admission keeps its plans: its SQL helpers (a SET clause makes PostgreSQL 15 plan them on every call) become PL/pgSQL with the same bodies'),
 ];
 
 /** The registry version this build of pgbg-proxy creates and expects. */
