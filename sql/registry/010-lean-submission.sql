@@ -9,7 +9,8 @@
 --
 --  - pgbg.enqueue leaves the launch right of a transactional job to pgbg._enqueue_job and asks
 --    pgbg._check_launch_rights for the detailed error only when that check fails (a supervised
---    job's wait and result rights are still checked first);
+--    job's wait and result rights are still checked first); pgbg._enqueue_job finds the launch
+--    function with pgbg._launch_function, the part of pgbg.pg_background_info it needs;
 --  - the launcher's liveness is probed on its own lock: a shared try of the lock the launcher
 --    holds exclusively for its life (pg_try_advisory_lock_shared), released at once when it was
 --    free. A probe that finds the lock free says "not alive" and the submission starts a
@@ -64,6 +65,168 @@ $fn$;
 
 REVOKE ALL ON FUNCTION pgbg._launcher_probe(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgbg._launcher_probe(name) TO PUBLIC;
+
+-- The launch function pgbg.pg_background_info() would choose (its launch_function), found the
+-- same way and nothing else: what pgbg._enqueue_job needs on every submission, without the
+-- result/wait/detach lookups and the GRANT hint that pg_background_info also works out.
+CREATE FUNCTION pgbg._launch_function() RETURNS regprocedure
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_ext_schema oid;
+  v_launch oid;
+BEGIN
+  SELECT e.extnamespace INTO v_ext_schema FROM pg_extension e WHERE e.extname = 'pg_background';
+  -- 2.x: the unsuffixed launch returns a handle (a composite type)
+  SELECT p.oid INTO v_launch
+    FROM pg_proc p
+    JOIN pg_roles o ON o.oid = p.proowner
+    JOIN pg_type t ON t.oid = p.prorettype
+   WHERE p.proname = 'pg_background_launch'
+     AND p.proargtypes = '25 23'::oidvector
+     AND t.typtype = 'c'
+     AND o.rolsuper
+   ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
+            (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
+   LIMIT 1;
+  IF v_launch IS NULL THEN
+    -- 1.6-1.10: the _v2 names
+    SELECT p.oid INTO v_launch
+      FROM pg_proc p
+      JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_launch_v2'
+       AND p.proargtypes = '25 23'::oidvector
+       AND o.rolsuper
+     ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
+              (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
+     LIMIT 1;
+  END IF;
+  IF v_launch IS NULL THEN
+    -- 1.0-1.5: the v1 API, launch returns the worker's pid
+    SELECT p.oid INTO v_launch
+      FROM pg_proc p
+      JOIN pg_roles o ON o.oid = p.proowner
+     WHERE p.proname = 'pg_background_launch'
+       AND p.proargtypes = '25 23'::oidvector
+       AND p.prorettype = 'int4'::regtype
+       AND o.rolsuper
+     ORDER BY (p.pronamespace = v_ext_schema) DESC NULLS LAST,
+              (SELECT n.nspname FROM pg_namespace n WHERE n.oid = p.pronamespace)
+     LIMIT 1;
+  END IF;
+  RETURN v_launch::regprocedure;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION pgbg._launch_function() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgbg._launch_function() TO PUBLIC;
+
+-- Records a queued job (see version 6): as version 6's, with pgbg._launch_function for the
+-- launch right instead of the whole of pgbg.pg_background_info.
+CREATE OR REPLACE FUNCTION pgbg._enqueue_job(
+  p_owner name,
+  p_statement text,
+  p_kind text,
+  p_transactional boolean,
+  p_rule text,
+  p_options jsonb,
+  p_priority integer,
+  p_idem_key text,
+  p_session_id text,
+  p_settings jsonb,
+  p_limits jsonb)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pgbg
+AS $fn$
+DECLARE
+  v_launch regprocedure;
+  v_id bigint;
+  v_transactional boolean := COALESCE(p_transactional, true);
+  v_existing bigint;
+  v_max_attempts integer;
+  v_not_before timestamptz;
+  v_bad text;
+BEGIN
+  IF p_owner IS NULL
+     OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = p_owner AND pg_has_role(session_user, r.oid, 'MEMBER')) THEN
+    RAISE EXCEPTION 'permission denied: role % may not submit jobs as role %', session_user, p_owner
+      USING ERRCODE = '42501';
+  END IF;
+  IF p_statement IS NULL OR btrim(p_statement) = '' THEN
+    RAISE EXCEPTION 'pgbg.submit: statement must not be empty' USING ERRCODE = '22023';
+  END IF;
+  IF p_options IS NOT NULL AND jsonb_typeof(p_options) <> 'object' THEN
+    RAISE EXCEPTION 'pgbg.submit: options must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  IF p_limits IS NOT NULL AND jsonb_typeof(p_limits) <> 'object' THEN
+    RAISE EXCEPTION 'limits must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  IF p_settings IS NOT NULL THEN
+    IF jsonb_typeof(p_settings) <> 'object' THEN
+      RAISE EXCEPTION 'settings must be a JSON object of setting names and values' USING ERRCODE = '22023';
+    END IF;
+    SELECT e.key INTO v_bad FROM jsonb_each(p_settings) e
+     WHERE jsonb_typeof(e.value) NOT IN ('string', 'null') OR NOT pgbg._setting_is_captured(e.key) LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'setting "%" cannot be carried by a job', v_bad USING ERRCODE = '22023',
+        HINT = 'Values must be strings; role, session_authorization, timeouts and transaction defaults are the job''s own.';
+    END IF;
+  END IF;
+
+  v_launch := pgbg._launch_function();
+  IF v_launch IS NULL THEN
+    RAISE EXCEPTION 'pg_background is not installed in database %', current_database()
+      USING ERRCODE = '42883', HINT = 'CREATE EXTENSION pg_background; as a superuser';
+  END IF;
+  IF NOT has_function_privilege(p_owner, v_launch::oid, 'EXECUTE')
+     OR NOT has_function_privilege(session_user, v_launch::oid, 'EXECUTE') THEN
+    RAISE EXCEPTION 'permission denied: role % may not launch pg_background workers in database %', p_owner, current_database()
+      USING ERRCODE = '42501',
+            DETAIL = format('%s needs EXECUTE on %s', p_owner, v_launch::text);
+  END IF;
+
+  v_max_attempts := CASE WHEN v_transactional THEN COALESCE((p_options->>'max_attempts')::integer, 1) ELSE 1 END;
+  IF v_max_attempts NOT BETWEEN 1 AND 100 THEN
+    RAISE EXCEPTION 'max_attempts must be between 1 and 100, not %', v_max_attempts USING ERRCODE = '22023';
+  END IF;
+  v_not_before := GREATEST(clock_timestamp(), (p_options->>'not_before')::timestamptz);
+  v_not_before := pgbg.window_opens(p_options->'window', v_not_before);
+  IF v_not_before <= clock_timestamp() THEN
+    v_not_before := NULL;
+  END IF;
+
+  IF p_idem_key IS NOT NULL THEN
+    SELECT j.id INTO v_existing FROM pgbg.job j
+     WHERE j.owner = p_owner AND j.idem_key = p_idem_key AND j.state IN ('queued', 'running')
+     LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'a job with key "%" is already queued or running', p_idem_key
+        USING ERRCODE = '23505', DETAIL = format('job %s', v_existing);
+    END IF;
+  END IF;
+
+  BEGIN
+    INSERT INTO pgbg.job (owner, login, statement, kind, transactional, supervised, rule, options, priority, idem_key,
+                          launcher_pid, launcher_start, session_id, application_name, max_attempts, not_before,
+                          settings, limits)
+    VALUES (p_owner, session_user, p_statement, p_kind, v_transactional, NOT v_transactional, p_rule,
+            COALESCE(p_options, '{}'::jsonb), COALESCE(p_priority, 0), p_idem_key,
+            pg_backend_pid(),
+            (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+            p_session_id,
+            NULLIF(current_setting('application_name'), ''),
+            v_max_attempts, v_not_before,
+            p_settings, p_limits)
+    RETURNING id INTO v_id;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'a job with key "%" is already queued or running', p_idem_key
+      USING ERRCODE = '23505';
+  END;
+  RETURN v_id;
+END
+$fn$;
 
 -- ---------------------------------------------------------------------------------------
 -- Submission: as version 7's pgbg.enqueue, with the changes above (a new argument at the
