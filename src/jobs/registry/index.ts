@@ -38,9 +38,9 @@ export const MIGRATIONS: readonly RegistryMigration[] = [
   migration(5, '005-pg-background-api.sql', 'pg_background 1.3 (v1), 1.6-1.10 (_v2 names) and 2.x (unsuffixed handle API), chosen by which functions exist'),
   migration(6, '006-launcher.sql', 'the database owns a job once its row commits: a launcher per (database, login) launches, supervises and recovers; submission captures session settings'),
   migration(7, '007-job-path-cost.sql', 'the job path costs less: helpers keep their plans (PL/pgSQL or inlinable SQL), one launcher look per submission, launches committed in batches'),
-  migration(8, '008-stopped-at-launch.sql', 'a supervised worker that had stopped when its launch returned (pg_background pid 0) is settled at once with its real outcome; a transactional one fails its launch with that reason'),
+  migration(8, '008-stopped-at-launch.sql', 'a worker that had stopped when its launch returned (pg_background then returns a pid that names no process): a supervised job is settled at once with its real outcome; a transactional one never ran and is queued again while it has attempts left'),
   migration(9, '009-lean-worker.sql', 'a job\'s worker does less: the outcome path writes out the helpers it called (each compiled once per worker process, that is once per job)'),
-  migration(10, '010-lean-submission.sql', 'a submission looks at less: the launch right checked once, the launcher probed on its own lock instead of pg_lock_status'),
+  migration(10, '010-lean-submission.sql', 'a submission looks at less: the launch right checked once and its function found alone, the launcher probed on its own lock instead of pg_lock_status, the session\'s settings copied from its previous job (settings_from) when nothing ran since'),
   migration(11, '011-admission-plans.sql', 'admission keeps its plans: its SQL helpers (a SET clause makes PostgreSQL 15 plan them on every call) become PL/pgSQL with the same bodies'),
 ];
 
