@@ -96,6 +96,8 @@ export async function startProxy(config: ProxyConfig, options: StartOptions = {}
     upstreamTls,
     clientTls,
     cancelElsewhere: options.cluster?.cancelElsewhere,
+    sharedListen: inCluster,
+    clientSlots: options.cluster?.clientSlots,
   });
   sessionCount = () => listener.sessions.size;
   const http = config.metricsListen && !inCluster ? await startMetricsServer(config.metricsListen, cachedExposition(metrics.registry, () => current.metricsSnapshotTtl), readinessCheck(() => current, serverTls), log) : null;

@@ -164,7 +164,8 @@ describe('commands', () => {
       const r = await admin.query('SHOW CLIENTS');
       expect(r.fields.map((f) => f.name)).toEqual(['id', 'kind', 'user', 'database', 'application_name', 'started_at', 'tx_status', 'idle', 'adopted', 'pending_jobs', 'worker']);
       const client = r.rows.find((row) => row.kind === 'client' && row.user === 'alice');
-      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, pending_jobs: 0, worker: process.pid });
+      expect(client).toMatchObject({ database: 'app', tx_status: 'T', idle: true, adopted: false, pending_jobs: 0 });
+      expect(via.proxy.relayPids()).toContain(client.worker);
       expect(new Date(client.started_at).getTime()).toBeGreaterThan(Date.now() - 60_000);
       expect(r.rows.find((row) => row.kind === 'admin')).toMatchObject({ user: 'postgres', database: 'pgbg', application_name: 'admin-test' });
     } finally {
@@ -201,7 +202,7 @@ describe('commands', () => {
     const paused = await admin.query('PAUSE');
     expect(paused.command).toBe('PAUSE');
     expect(paused.rows).toEqual([{ result: 'OK: launching of new jobs is paused' }]);
-    expect(via.proxy.pause.isPaused()).toBe(true);
+    expect(await via.proxy.isPaused()).toBe(true);
     try {
       expect(configMap((await admin.query('SHOW CONFIG')).rows).get('paused')).toBe('true');
       const stats = await admin.query('SHOW STATS');
@@ -212,7 +213,7 @@ describe('commands', () => {
       const resumed = await admin.query('RESUME');
       expect(resumed.rows).toEqual([{ result: 'OK: launching of new jobs resumed' }]);
     }
-    expect(via.proxy.pause.isPaused()).toBe(false);
+    expect(await via.proxy.isPaused()).toBe(false);
     expect(configMap((await admin.query('SHOW CONFIG')).rows).get('paused')).toBe('false');
   });
 

@@ -16,6 +16,7 @@ import { negotiateStartup } from '../tls/client-negotiation.js';
 import { UpstreamTlsState, type UpstreamTls } from '../tls/upstream-tls.js';
 import { ReplicationRelay, wantsReplication } from '../session/replication-relay.js';
 import { listenUnixSocket } from './unix-socket.js';
+import { LocalClientSlots, type ClientSlots } from './client-slots.js';
 import { SILENT_STARTUP_FAILURES, UnsupportedProtocol } from '../protocol/startup.js';
 
 /** Something that answers a connection for the admin pseudo-database instead of the server. */
@@ -36,6 +37,13 @@ export interface ProxyParts {
    * (src/supervisor/cancel-relay.ts), since the connection it cancels may live in another worker.
    */
   cancelElsewhere?: (pid: number, key: number) => void;
+  /**
+   * Workers > 1: the listening sockets are the supervisor's, shared with every worker; it
+   * claims and removes the Unix socket file (src/listener/unix-socket.ts).
+   */
+  sharedListen?: boolean;
+  /** Admission against limits.maxClients; a count of this process's own sessions when absent. */
+  clientSlots?: ClientSlots;
 }
 
 export interface RunningListener {
@@ -72,6 +80,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   const sessions = new Set<ClientSession>();
   const replication = new Set<ReplicationRelay>();
   const observer = parts.observer ?? quietObserver;
+  const slots = parts.clientSlots ?? new LocalClientSlots();
   let pending = 0;
   let closing = false;
   const router = parts.router ?? (() => ({ route: () => ({ action: 'forward' as const }) }));
@@ -85,7 +94,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
     }
     pending++;
     negotiateStartup(socket, clientTls, config.limits.startupTimeout, log, observer)
-      .then(({ socket, outcome }) => {
+      .then(async ({ socket, outcome }) => {
         if (outcome.kind === 'closed') return;
         if (outcome.kind === 'cancel') {
           // Nothing is sent back to a CancelRequest, matched or not, as with PostgreSQL.
@@ -110,15 +119,24 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           refuse(socket, error);
         };
         if (closing) return refusal(new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
-        if (sessions.size + replication.size >= config.limits.maxClients) {
-          log.warn({ limit: config.limits.maxClients }, 'client refused: max clients reached');
-          return refusal(new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${config.limits.maxClients})`, undefined, undefined, 'FATAL'));
+        const limit = config.limits.maxClients;
+        if (!(await slots.take(limit))) {
+          log.warn({ limit }, 'client refused: max clients reached');
+          return refusal(new PgError(SqlState.TooManyConnections, `sorry, too many clients already (limits.maxClients = ${limit})`, undefined, undefined, 'FATAL'));
         }
+        // An admin console session is refused when the proxy is full but does not hold a slot.
+        const isConsole = parts.adminConsole !== undefined && !replicationRequested && params.get('database') === config.admin.database;
+        if (isConsole || closing || socket.destroyed) slots.release();
+        if (closing) return refusal(new PgError(SqlState.CannotConnectNow, 'pgbg-proxy is shutting down', undefined, undefined, 'FATAL'));
+        if (socket.destroyed) return;
         if (replicationRequested) {
           // Relayed byte for byte: see ReplicationRelay.
           const relay = new ReplicationRelay(socket, outcome.packet.raw, params, id, { settings: () => settings, cancelKeys, observer, log });
           replication.add(relay);
-          relay.onClose(() => replication.delete(relay));
+          relay.onClose(() => {
+            replication.delete(relay);
+            slots.release();
+          });
           void relay.start(outcome.rest);
           return;
         }
@@ -136,7 +154,10 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
           log,
         });
         sessions.add(session);
-        session.onClose(() => sessions.delete(session));
+        session.onClose(() => {
+          sessions.delete(session);
+          slots.release();
+        });
         log.info({ session: id, remote: socket.remoteAddress, user: params.get('user'), database: params.get('database') }, 'session started');
         void session.start(outcome.rest);
       })
@@ -175,7 +196,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   // Unix-socket clients take the same path as TCP ones: their connections are handed to the
   // TCP server's own connection handler.
   const unix = config.listenSocketDir
-    ? await listenUnixSocket(config.listenSocketDir, addr.port, (socket) => server.emit('connection', socket), log).catch((err) => {
+    ? await listenUnixSocket(config.listenSocketDir, addr.port, (socket) => server.emit('connection', socket), log, parts.sharedListen).catch((err) => {
         server.close();
         throw err;
       })

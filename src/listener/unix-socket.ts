@@ -18,13 +18,12 @@ export function socketPath(dir: string, port: number): string {
 }
 
 /**
- * Listens on DIR/.s.PGSQL.PORT with the handler the TCP listener uses. As the postmaster does,
- * a socket file left by a process that is gone is removed, and a live one (another proxy or a
- * PostgreSQL on the same port) is never taken over: the start fails instead. The file gets mode
- * 0777, PostgreSQL's default unix_socket_permissions: who may connect is pg_hba's business on
- * the server, and the directory's own permissions still apply.
+ * Makes DIR/.s.PGSQL.PORT free to listen on, as the postmaster does: a socket file left by a
+ * process that is gone is removed, and a live one (another proxy or a PostgreSQL on the same
+ * port) is never taken over: the start fails instead. Under a supervisor (workers > 1) the
+ * supervisor calls it once, before any worker listens.
  */
-export async function listenUnixSocket(dir: string, port: number, onConnection: (socket: net.Socket) => void, log: Logger): Promise<UnixSocketListener> {
+export async function claimSocketFile(dir: string, port: number, log: Logger): Promise<string> {
   const file = socketPath(dir, port);
   if (Buffer.byteLength(file) > MAX_SOCKET_PATH) {
     throw new Error(`listenSocketDir: socket path ${file} is longer than ${MAX_SOCKET_PATH} bytes`);
@@ -32,10 +31,30 @@ export async function listenUnixSocket(dir: string, port: number, onConnection: 
   const dirStat = await fs.stat(dir).catch(() => null);
   if (!dirStat?.isDirectory()) throw new Error(`listenSocketDir: ${dir} is not an existing directory`);
   await removeStale(file, log);
+  return file;
+}
+
+/** Removes a socket file nothing listens on any more (a supervisor's, once its workers stopped). */
+export async function releaseSocketFile(file: string): Promise<void> {
+  const st = await fs.lstat(file).catch(() => null);
+  if (st?.isSocket() && !(await accepts(file))) await fs.unlink(file).catch(() => undefined);
+}
+
+/**
+ * Listens on DIR/.s.PGSQL.PORT with the handler the TCP listener uses. The file gets mode 0777,
+ * PostgreSQL's default unix_socket_permissions: who may connect is pg_hba's business on the
+ * server, and the directory's own permissions still apply.
+ *
+ * `shared` (a worker under a supervisor): the supervisor holds the socket and hands each
+ * worker its connections, as it does for TCP; it claimed the file before the workers started
+ * and removes it after the last one stopped, so a worker neither checks nor removes it.
+ */
+export async function listenUnixSocket(dir: string, port: number, onConnection: (socket: net.Socket) => void, log: Logger, shared = false): Promise<UnixSocketListener> {
+  const file = shared ? socketPath(dir, port) : await claimSocketFile(dir, port, log);
   const server = net.createServer({ noDelay: true }, onConnection);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen({ path: file, exclusive: true }, () => {
+    server.listen({ path: file, exclusive: !shared }, () => {
       server.off('error', reject);
       resolve();
     });
@@ -52,6 +71,7 @@ export async function listenUnixSocket(dir: string, port: number, onConnection: 
         // server.close() waits for open connections; the listener drains those itself.
         setTimeout(resolve, 1000).unref();
       });
+      if (shared) return;
       // Node removes the file on close; remove it if it is still there and still ours.
       const now = await fs.stat(file).catch(() => null);
       if (now && now.ino === ours.ino && now.dev === ours.dev) await fs.unlink(file).catch(() => undefined);

@@ -31,6 +31,8 @@ export type ToPrimary =
   | { pgbg: 'listening'; host: string; port: number }
   /** A CancelRequest whose key no session of the sending worker holds. */
   | { pgbg: 'cancel'; pid: number; key: number }
+  /** A session that held a client slot (RPC 'take-slot') closed. */
+  | { pgbg: 'slot-release' }
   | RpcMessage;
 
 export function isPgbgMessage(msg: unknown): msg is { pgbg: string } {

@@ -19,6 +19,8 @@ import type { ClientSessionInfo, MetricSnapshot } from '../admin/controls.js';
 import { isPgbgMessage, type RawConfig, type ToPrimary, type ToWorker } from './messages.js';
 import { Rpc } from './rpc.js';
 import { offerCancel } from './cancel-relay.js';
+import { SlotLedger } from './client-slots.js';
+import { claimSocketFile, releaseSocketFile } from '../listener/unix-socket.js';
 
 /** How long the supervisor waits for one worker's sessions or metrics before leaving it out. */
 const WORKER_TIMEOUT_MS = 3000;
@@ -70,6 +72,9 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
   // concrete free port once, here. The listening address does not change on reload.
   const listen = await concreteListen(initial.listen);
   const pinned = (raw: RawConfig): RawConfig => ({ ...raw, listen });
+  // The Unix socket is shared like the TCP one: claimed here once (a live one is never taken
+  // over), listened on by every worker, removed here after the last worker stopped.
+  const socketFile = initial.listenSocketDir ? await claimSocketFile(initial.listenSocketDir, Number(listen.slice(listen.lastIndexOf(':') + 1)), log) : null;
   let currentRaw = pinned(initialRaw);
 
   // The supervisor's own registry: its process metrics, the PAUSE flag and the job metrics read
@@ -87,6 +92,8 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
   const jobMetrics = registryUrl ? new JobMetrics(registryUrl, metrics.registry, log, () => current.metricsSnapshotTtl, current.upstream.connectTimeout, serverTls) : null;
 
   const workers = new Map<number, WorkerEntry>();
+  // Client sessions of every worker, against limits.maxClients (the whole proxy's limit).
+  const slots = new SlotLedger();
   let stopping = false;
   let recentExits: number[] = [];
   let firstListening: (() => void) | null = null;
@@ -165,7 +172,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     const entry: WorkerEntry = {
       id: worker.id,
       worker,
-      rpc: new Rpc(send, serve),
+      rpc: new Rpc(send, (op) => (op === 'take-slot' ? slots.take(worker.id, current.limits.maxClients) : serve(op))),
       listening: false,
       send,
       offer: (pid, key) => send({ pgbg: 'cancel', pid, key }),
@@ -177,6 +184,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
       if (entry.rpc.handle(m)) return;
       if (m.pgbg === 'ready') send({ pgbg: 'start', config: currentRaw, pausedSince: pause.pausedSince?.toISOString() ?? null });
       else if (m.pgbg === 'cancel') offerCancel(workers.values(), entry.id, m.pid, m.key);
+      else if (m.pgbg === 'slot-release') slots.release(entry.id);
       else if (m.pgbg === 'listening') {
         entry.listening = true;
         address ??= { host: m.host, port: m.port };
@@ -192,6 +200,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     const entry = workers.get(worker.id);
     if (!entry) return;
     workers.delete(worker.id);
+    slots.forget(worker.id);
     entry.rpc.close('worker exited');
     if (stopping) return;
     if (startFailed && !entry.listening) return startFailed(`worker ${worker.id} exited (code ${code}, signal ${signal}) before listening`);
@@ -205,6 +214,24 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     setTimeout(() => {
       if (!stopping) fork();
     }, delay);
+  });
+
+  // Signals are taken from the start: the shared port accepts connections as soon as the first
+  // worker listens, and a SIGHUP before a handler exists would end the supervisor (its default
+  // action). A reload meanwhile reaches the workers that started; later ones start with it. A
+  // SIGTERM / SIGINT meanwhile is kept and acted on once the workers listen.
+  let pendingStop: string | null = null;
+  let onStopSignal = (signal: string) => {
+    pendingStop ??= signal;
+  };
+  process.on('SIGTERM', () => onStopSignal('SIGTERM'));
+  process.on('SIGINT', () => onStopSignal('SIGINT'));
+  process.on('SIGHUP', () => {
+    try {
+      reload();
+    } catch (err) {
+      log.error({ err: err instanceof ConfigError ? err.message : (err as Error).message }, 'reload refused: configuration invalid, keeping the old one');
+    }
   });
 
   for (let i = 0; i < count; i++) fork();
@@ -226,6 +253,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     for (const w of workers.values()) w.worker.process.kill('SIGKILL');
     await reconciler?.stop();
     await jobMetrics?.close();
+    if (socketFile) await releaseSocketFile(socketFile);
     return 1;
   } finally {
     firstListening = null;
@@ -266,19 +294,13 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
           await reconciler?.stop();
           await http?.close();
           await jobMetrics?.close();
+          if (socketFile) await releaseSocketFile(socketFile);
           log.info('stopped');
           resolve(0);
         })();
       }, 50);
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => {
-      try {
-        reload();
-      } catch (err) {
-        log.error({ err: err instanceof ConfigError ? err.message : (err as Error).message }, 'reload refused: configuration invalid, keeping the old one');
-      }
-    });
+    onStopSignal = stop;
+    if (pendingStop) stop(pendingStop);
   });
 }

@@ -7,6 +7,7 @@ import type { AdminControls, ClientSessionInfo, MetricSnapshot } from '../admin/
 import { isPgbgMessage, type ToPrimary, type ToWorker } from './messages.js';
 import { Rpc } from './rpc.js';
 import { cancelOffered, cancelViaSupervisor } from './cancel-relay.js';
+import { supervisedClientSlots } from './client-slots.js';
 
 /** How long a console command waits for the supervisor (which may itself ask every worker). */
 const SUPERVISOR_TIMEOUT_MS = 10_000;
@@ -49,6 +50,7 @@ export async function runWorker(): Promise<number> {
     cluster: {
       controls: (local) => supervisedControls(local, rpc),
       cancelElsewhere: cancelViaSupervisor(send, log),
+      clientSlots: supervisedClientSlots((op, timeoutMs) => rpc.request<boolean>(op, timeoutMs), () => send({ pgbg: 'slot-release' }), log),
     },
   });
   const running = proxy;

@@ -210,7 +210,7 @@ describe('errors the client sees at once, with no job created', () => {
   });
 
   it('a hinted simple Query after extended messages with no Sync yet is refused in order, never run, and the session goes on', async () => {
-    const socket = await authenticatedSocket(via.proxy.address.port, 'trustuser', db);
+    const socket = await authenticatedSocket(via.port, 'trustuser', db);
     const before = (await observer.query('SELECT count(*)::int AS n FROM pgbg.job')).rows[0].n;
     const parse = (sql: string) => fe.parse('', sql);
     const bind = fe.bind('', '', []);

@@ -3,7 +3,6 @@ import pg from 'pg';
 import { getCluster } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
-import { validateConfig } from '../../src/config/load.js';
 
 
 const cluster = getCluster();
@@ -105,7 +104,7 @@ describe('limits are reloadable', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(await states()).toEqual(['running', 'queued', 'queued']);
 
-    own.proxy.reload(validateConfig({ listen: '127.0.0.1:0', ...settings(3) }));
+    await own.proxy.reload(settings(3));
     const reloadedAt = Date.now();
     let now: string[] = [];
     while (Date.now() - reloadedAt < 1500) {

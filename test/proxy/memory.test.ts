@@ -8,8 +8,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { getCluster } from '../harness/index.js';
+import { eventually, getCluster } from '../harness/index.js';
 import { startChildProxy, type ChildProxy } from '../support/child-proxy.js';
+import { testWorkers } from '../support/proxy.js';
 
 const cluster = getCluster();
 const MiB = 1024 * 1024;
@@ -17,18 +18,27 @@ let proxy: ChildProxy;
 
 beforeAll(async () => {
   proxy = await startChildProxy(['--upstream', `${cluster.host}:${cluster.port}`, '--log-level', 'warn']);
+  // With several workers the port accepts once the first listens: let every worker finish
+  // starting before memory is measured.
+  const workers = testWorkers();
+  if (workers > 1) {
+    await eventually(async () => proxy.relayPids().length === workers && !proxy.relayPids().includes(proxy.child.pid!), 20_000);
+    await new Promise((r) => setTimeout(r, 2000));
+  }
 });
 afterAll(async () => {
   await proxy?.kill('SIGKILL');
 });
 
-function rssMiB(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
+/** Resident memory of the relay processes together (with PGBG_WORKERS=2, both workers). */
+function rssMiB(pids: number[]): number {
+  let kb = 0;
+  for (const pid of pids) kb += Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+  return kb / 1024;
 }
 
 /** The lowest RSS seen over a settle period (a GC the process runs on its own may come late). */
-async function settledRss(pid: number, ms = 5000): Promise<number> {
+async function settledRss(pid: number[], ms = 5000): Promise<number> {
   let low = rssMiB(pid);
   for (let waited = 0; waited < ms; waited += 250) {
     await new Promise((r) => setTimeout(r, 250));
@@ -38,7 +48,7 @@ async function settledRss(pid: number, ms = 5000): Promise<number> {
 }
 
 async function measure(label: string, run: (c: pg.Client) => Promise<void>) {
-  const pid = proxy.child.pid!;
+  const pid = proxy.relayPids();
   const client = new pg.Client({ ...cluster.clientConfig({ user: 'alice' }), port: proxy.port });
   await client.connect();
   try {

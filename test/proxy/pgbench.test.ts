@@ -120,6 +120,6 @@ describe('pgbench through the proxy', () => {
     expect(a).toBe(h);
     expect(b).toBe(h);
     expect(t).toBe(h);
-    await eventually(async () => via.proxy.listener.sessions.size === 0, 3000);
+    await eventually(async () => (await via.proxy.sessionCount()) === 0, 3000);
   });
 });

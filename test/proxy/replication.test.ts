@@ -46,8 +46,7 @@ function runTool(tool: string, args: string[], timeoutMs = 60_000): Promise<{ co
 }
 
 async function replicationCount(outcome: string): Promise<number> {
-  const m = await via.proxy.metrics.registry.getSingleMetric('pgbg_replication_connections_total')!.get();
-  return m.values.find((v) => v.labels.outcome === outcome)?.value ?? 0;
+  return via.proxy.metricValue('pgbg_replication_connections_total', { outcome });
 }
 
 describe('physical replication', () => {
@@ -160,8 +159,7 @@ describe('the replication parameter', () => {
     const holder = await small.connect({ user: 'trustuser' });
     try {
       const count = async () => {
-        const m = await small.proxy.metrics.registry.getSingleMetric('pgbg_replication_connections_total')!.get();
-        return m.values.find((v) => v.labels.outcome === 'refused')?.value ?? 0;
+        return small.proxy.metricValue('pgbg_replication_connections_total', { outcome: 'refused' });
       };
       const r = await withReplication('true', 'IDENTIFY_SYSTEM', small.port);
       expect(r.errors).toEqual(['53300']);

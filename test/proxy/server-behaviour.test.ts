@@ -201,8 +201,7 @@ describe('startup packets: the proxy answers as the server does', () => {
 
   it('counts (and logs) the connections it closes silently', async () => {
     const read = async () => {
-      const m = await via.proxy.metrics.registry.getSingleMetric('pgbg_protocol_errors_total')!.get();
-      return m.values.find((v) => v.labels.reason === 'startup_length')?.value ?? 0;
+      return via.proxy.metricValue('pgbg_protocol_errors_total', { reason: 'startup_length' });
     };
     const before = await read();
     const r = await exchange(via.port, frame('X', Buffer.alloc(0)));

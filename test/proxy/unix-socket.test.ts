@@ -40,7 +40,7 @@ describe('listenSocketDir', () => {
     const via = await startTestProxy(cluster, { listenSocketDir: dir });
     const file = path.join(dir, `.s.PGSQL.${via.port}`);
     try {
-      expect(via.proxy.listener.socketPath).toBe(file);
+      expect(via.proxy.socketPath).toBe(file);
       const st = lstatSync(file);
       expect(st.isSocket()).toBe(true);
       expect(st.mode & 0o777).toBe(0o777);

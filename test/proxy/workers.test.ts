@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -43,7 +43,8 @@ const BASE = 'log:\n  level: debug\nshutdown:\n  grace: 5s\nmetricsSnapshotTtl: 
 const REJECT_RULE = 'rules:\n  - name: no-workers-marker\n    match:\n      pattern: workers_forbidden_marker\n    action: reject\n';
 const BAD = 'limits:\n  startupTimeout: someday\n';
 
-async function startSupervised(configText: string): Promise<Supervised> {
+/** `meanwhile` runs once the supervisor is spawned, before all its workers listen. */
+async function startSupervised(configText: string, meanwhile?: (sup: Supervised) => Promise<void>): Promise<Supervised> {
   const configPath = path.join(dir, `proxy-${running.size}.yaml`);
   writeFileSync(configPath, configText);
   const port = await freePort();
@@ -109,6 +110,7 @@ async function startSupervised(configText: string): Promise<Supervised> {
       }
     },
   };
+  await meanwhile?.(sup);
   await sup.waitForLog((l) => l.msg === 'all workers listening', 60_000);
   return sup;
 }
@@ -390,5 +392,115 @@ describe('workers: 2', () => {
     expect(sup.lines.filter((l) => l.msg === 'worker draining sessions')).toHaveLength(2);
     expect(sup.lines.some((l) => l.msg === 'stopped' && l.supervisor === true)).toBe(true);
     await admin.end().catch(() => undefined);
+  });
+});
+
+describe('workers: 2, the whole proxy\'s limits and signals', () => {
+  it('limits.maxClients is the whole proxy\'s: a session over it is refused whichever worker takes it, and a closed one frees its slot', async () => {
+    const limited = await startSupervised(`${BASE}limits:\n  maxClients: 3\n`);
+    const opened: pg.Client[] = [];
+    const open = async (app: string) => {
+      const c = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: limited.port, application_name: app });
+      c.on('error', () => undefined);
+      await c.connect();
+      opened.push(c);
+      return c;
+    };
+    try {
+      for (let i = 0; i < 3; i++) await open(`limit-${i}`);
+      // Per worker, 3 would admit up to 6; every further session is refused, on either worker.
+      for (let i = 0; i < 4; i++) {
+        const err = await open(`over-${i}`).then(
+          () => null,
+          (e: { code?: string; message: string }) => e,
+        );
+        expect(err?.code).toBe('53300');
+        expect(err?.message).toMatch(/limits\.maxClients = 3/);
+      }
+      const refusals = limited.lines.filter((l) => l.msg === 'client refused: max clients reached');
+      expect(refusals).toHaveLength(4);
+      // both workers refused (round robin hands consecutive connections to both)
+      expect(new Set(refusals.map((l) => l.worker)).size).toBe(2);
+      await opened.shift()!.end();
+      const again = await eventually(async () => open('limit-again').catch(() => null), 5000);
+      expect((await again!.query('SELECT 5 AS five')).rows).toEqual([{ five: 5 }]);
+    } finally {
+      for (const c of opened) await c.end().catch(() => undefined);
+      limited.child.kill('SIGTERM');
+      await limited.exited;
+    }
+  });
+
+  it('a SIGHUP while the workers are still starting reloads, and does not end the supervisor', async () => {
+    // The port accepts once the first worker listens; the second is held (SIGSTOP) before it
+    // can, so the SIGHUP surely comes while the supervisor still waits for it.
+    let reloadedBeforeAll = false;
+    const early = await startSupervised(BASE, async (s) => {
+      const kids = await eventually(async () => {
+        const k = childrenOf(s.child.pid!);
+        return k.length === 2 ? k : undefined;
+      }, 20_000, 5);
+      process.kill(kids![1], 'SIGSTOP');
+      try {
+        await s.waitForLog((l) => l.msg === 'worker listening', 60_000);
+        s.child.kill('SIGHUP');
+        await s.waitForLog((l) => l.msg === 'configuration reloaded' && l.supervisor === true);
+        reloadedBeforeAll = !s.lines.some((l) => l.msg === 'all workers listening');
+      } finally {
+        process.kill(kids![1], 'SIGCONT');
+      }
+    });
+    try {
+      expect(reloadedBeforeAll).toBe(true);
+      expect(early.child.exitCode).toBeNull();
+      expect(childrenOf(early.child.pid!)).toHaveLength(2);
+      const c = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), port: early.port });
+      await c.connect();
+      expect((await c.query('SELECT 6 AS six')).rows).toEqual([{ six: 6 }]);
+      await c.end();
+    } finally {
+      early.child.kill('SIGTERM');
+      expect((await early.exited).code).toBe(0);
+    }
+  });
+
+  it('listenSocketDir: both workers serve the one socket file, which the supervisor removes when it stops', async () => {
+    const socketDir = mkdtempSync(path.join(os.tmpdir(), 'pgbg-wsock-'));
+    try {
+      const sock = await startSupervised(`${BASE}listenSocketDir: ${socketDir}\n`);
+      const file = path.join(socketDir, `.s.PGSQL.${sock.port}`);
+      try {
+        expect(lstatSync(file).isSocket()).toBe(true);
+        expect(lstatSync(file).mode & 0o777).toBe(0o777);
+        const held: pg.Client[] = [];
+        let pids = new Set<number>();
+        try {
+          for (let i = 0; i < 6; i++) {
+            const c = new pg.Client({ ...cluster.clientConfig({ user: 'alice', database: db }), host: socketDir, port: sock.port, application_name: `wsock-${i}` });
+            c.on('error', () => undefined);
+            await c.connect();
+            held.push(c);
+            expect((await c.query('SELECT 8 AS eight')).rows).toEqual([{ eight: 8 }]);
+          }
+          const console = new pg.Client({ ...cluster.clientConfig({ user: 'postgres', database: 'pgbg' }), host: socketDir, port: sock.port });
+          console.on('error', () => undefined);
+          await console.connect();
+          const rows = (await console.query('SHOW CLIENTS')).rows.filter((r) => String(r.application_name).startsWith('wsock-'));
+          await console.end();
+          expect(rows).toHaveLength(6);
+          pids = new Set(rows.map((r) => r.worker as number));
+        } finally {
+          for (const c of held) await c.end().catch(() => undefined);
+        }
+        // round robin: sessions over the socket reached both workers
+        expect([...pids].sort()).toEqual(childrenOf(sock.child.pid!).sort());
+      } finally {
+        sock.child.kill('SIGTERM');
+        expect((await sock.exited).code).toBe(0);
+      }
+      expect(existsSync(file)).toBe(false);
+    } finally {
+      rmSync(socketDir, { recursive: true, force: true });
+    }
   });
 });

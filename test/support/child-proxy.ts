@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +11,8 @@ export interface ChildProxy {
   port: number;
   child: ChildProcess;
   output(): string;
+  /** The processes relaying sessions: the proxy itself, or its workers when it runs several (PGBG_WORKERS). */
+  relayPids(): number[];
   kill(signal: NodeJS.Signals): Promise<number | null>;
 }
 
@@ -35,6 +38,11 @@ export async function startChildProxy(args: string[], env: Record<string, string
     port,
     child,
     output: () => out,
+    relayPids() {
+      const file = `/proc/${child.pid}/task/${child.pid}/children`;
+      const children = existsSync(file) ? readFileSync(file, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : [];
+      return children.length > 0 ? children : [child.pid!];
+    },
     kill(signal) {
       return new Promise((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
