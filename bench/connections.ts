@@ -18,6 +18,9 @@ export interface IdleSessionResult {
   openMsP99: number;
   rssBeforeMiB: number;
   rssIdleMiB: number;
+  /** Proportional set size: shared pages (the node binary, mapped by every worker) divided among their sharers. */
+  pssBeforeMiB: number;
+  pssIdleMiB: number;
   kibPerSession: number;
 }
 
@@ -40,6 +43,27 @@ export function rssMiB(pid: number | null | undefined): number {
   return total;
 }
 
+/**
+ * Proportional set size (Pss from /proc/PID/smaps_rollup) of a process and its descendants, MiB:
+ * what the processes together hold, each page shared by k processes counted 1/k in each. The
+ * RSS sum counts the Node.js binary's code, shared by the supervisor and every worker, once per
+ * process. NaN when unavailable.
+ */
+export function pssMiB(pid: number | null | undefined): number {
+  if (!pid) return NaN;
+  let total = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const m = /^Pss:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'));
+      if (m) total += Number(m[1]) / 1024;
+      else if (p === pid) return NaN;
+    } catch {
+      if (p === pid) return NaN;
+    }
+  }
+  return total;
+}
+
 export async function measureIdleSessions(
   name: string,
   config: pg.ClientConfig,
@@ -49,6 +73,7 @@ export async function measureIdleSessions(
 ): Promise<IdleSessionResult> {
   await sleep(500);
   const rssBefore = rssMiB(pid);
+  const pssBefore = pssMiB(pid);
   const open: pg.Client[] = [];
   const times: number[] = [];
   let failures = 0;
@@ -75,6 +100,7 @@ export async function measureIdleSessions(
     }
     await sleep(1000);
     const rssIdle = rssMiB(pid);
+    const pssIdle = pssMiB(pid);
     return {
       name,
       clients,
@@ -85,6 +111,8 @@ export async function measureIdleSessions(
       openMsP99: percentile(times, 99),
       rssBeforeMiB: rssBefore,
       rssIdleMiB: rssIdle,
+      pssBeforeMiB: pssBefore,
+      pssIdleMiB: pssIdle,
       kibPerSession: open.length > 0 ? ((rssIdle - rssBefore) * 1024) / open.length : NaN,
     };
   } finally {

@@ -565,7 +565,7 @@ async function main(): Promise<number> {
       idle.push(r);
       log(
         `  ${t}: ${r.opened} open (${r.failures} failed${r.firstFailure ? `: ${r.firstFailure}` : ''}), open p50 ${fmt(r.openMsP50, 2)} ms / p99 ${fmt(r.openMsP99, 2)} ms, ` +
-          `RSS ${fmt(r.rssBeforeMiB, 1)} -> ${fmt(r.rssIdleMiB, 1)} MiB (${fmt(r.kibPerSession, 1)} KiB per idle session)`,
+          `RSS ${fmt(r.rssBeforeMiB, 1)} -> ${fmt(r.rssIdleMiB, 1)} MiB (${fmt(r.kibPerSession, 1)} KiB per idle session), PSS ${fmt(r.pssBeforeMiB, 1)} -> ${fmt(r.pssIdleMiB, 1)} MiB`,
       );
       await sleep(2000);
     }
@@ -662,11 +662,11 @@ async function main(): Promise<number> {
   if (idle.length > 0) {
     log(
       table(
-        ['middle', 'idle sessions', 'failed', 'open p50 ms', 'open p99 ms', 'RSS before MiB', 'RSS idle MiB', 'KiB/session'],
-        idle.map((r) => [r.name, String(r.opened), String(r.failures), fmt(r.openMsP50, 2), fmt(r.openMsP99, 2), fmt(r.rssBeforeMiB, 1), fmt(r.rssIdleMiB, 1), fmt(r.kibPerSession, 1)]),
+        ['middle', 'idle sessions', 'failed', 'open p50 ms', 'open p99 ms', 'RSS before MiB', 'RSS idle MiB', 'KiB/session', 'PSS before MiB', 'PSS idle MiB'],
+        idle.map((r) => [r.name, String(r.opened), String(r.failures), fmt(r.openMsP50, 2), fmt(r.openMsP99, 2), fmt(r.rssBeforeMiB, 1), fmt(r.rssIdleMiB, 1), fmt(r.kibPerSession, 1), fmt(r.pssBeforeMiB, 1), fmt(r.pssIdleMiB, 1)]),
       ),
     );
-    log('(time to open = TCP connect + startup + SCRAM authentication until ReadyForQuery)');
+    log('(time to open = TCP connect + startup + SCRAM authentication until ReadyForQuery; RSS and PSS of the process and its children: RSS counts pages shared between processes, such as the Node.js binary under workers > 1, in each; PSS divides them among their sharers)');
     log();
   }
 

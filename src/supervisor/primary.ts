@@ -42,6 +42,20 @@ async function concreteListen(address: { host: string; port: number }): Promise<
   return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${port}`;
 }
 
+/**
+ * V8's young generation grows up to 3 x 16 MiB under a relay's steady allocation (a Buffer view
+ * per message) and is not given back: measured, each worker's resident memory rose by about
+ * 20 MiB after 6 s of pgbench, and 2,000 idle sessions on two workers then passed 256 MiB. At
+ * 4 MiB semi-spaces it stays at its idle size (pgbench tps unchanged within noise): what dies
+ * young in a relay dies within one message. An operator's own setting (execArgv or
+ * NODE_OPTIONS) wins.
+ */
+export function workerExecArgv(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
+  const setsSemiSpace = (s: string) => /--max-semi-space-size\b/.test(s);
+  if (execArgv.some(setsSemiSpace) || setsSemiSpace(nodeOptions ?? '')) return [...execArgv];
+  return [...execArgv, '--max-semi-space-size=4'];
+}
+
 interface WorkerEntry {
   readonly id: number;
   readonly worker: Worker;
@@ -216,6 +230,7 @@ export async function runPrimary(initial: ProxyConfig, initialRaw: RawConfig, co
     }, delay);
   });
 
+  cluster.setupPrimary({ execArgv: workerExecArgv(process.execArgv, process.env.NODE_OPTIONS) });
   // Signals are taken from the start: the shared port accepts connections as soon as the first
   // worker listens, and a SIGHUP before a handler exists would end the supervisor (its default
   // action). A reload meanwhile reaches the workers that started; later ones start with it. A

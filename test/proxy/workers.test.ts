@@ -215,6 +215,8 @@ describe('workers: 2', () => {
   it('serves sessions from two worker processes, both children of the supervisor, on one port', async () => {
     const workers = childrenOf(sup.child.pid!);
     expect(workers).toHaveLength(2);
+    // each worker runs with the young generation capped (src/supervisor/primary.ts workerExecArgv)
+    for (const w of workers) expect(readFileSync(`/proc/${w}/cmdline`, 'utf8').split('\0')).toContain('--max-semi-space-size=4');
     const rows = await clientRows();
     for (let i = 0; i < 4; i++) expect(rows.get(`wk-${i}`), `wk-${i} in SHOW CLIENTS`).toBeDefined();
     const serving = new Set([...rows.values()].map((r) => r.worker));
