@@ -6,11 +6,11 @@
  *
  * Limits are scoped to this file (rule limits count this file's registry only; per-role limits
  * count roles of this file only), so other test files on the shared cluster cannot change what
- * these tests see.
+ * these tests see; the one test of a server-wide limit runs on a cluster of its own.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { eventually, getCluster, pgErrorOf } from '../harness/index.js';
+import { eventually, getCluster, pgErrorOf, startCluster } from '../harness/index.js';
 import { startTestProxy, type TestProxy } from '../support/proxy.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
 import { validateConfig } from '../../src/config/load.js';
@@ -124,26 +124,43 @@ describe('per-role in-flight default (item 8)', () => {
     const own = schedulingPolicy(() => validateConfig({ jobs: { maxInFlight: 3, maxInFlightPerUser: { '*': 3 } } })).limits({ database: 'd', user: 'u', rule: null });
     expect(own.user).toBe(3);
 
-    // maxInFlight 2: a role alone may use 1 slot; counted per role (this file's role only).
-    const via = await proxy({ jobs: { maxInFlight: 2, supervisePoll: 20 } });
-    const alice = await connectAs(via, 'fair_share_a');
-    const ids: string[] = [];
-    for (let i = 0; i < 3; i++) ids.push(await submit(alice, '/*+ background */ SELECT pg_sleep(0.4)'));
-    let most = 0;
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline) {
-      const r = await observer.query(
-        `SELECT count(*) FILTER (WHERE state = 'running')::int AS running, count(*) FILTER (WHERE state IN ('queued', 'running'))::int AS active
-           FROM pgbg.job WHERE id = ANY($1::bigint[])`,
-        [ids],
-      );
-      most = Math.max(most, r.rows[0].running);
-      if (r.rows[0].active === 0) break;
-      await sleep(30);
+    // maxInFlight 2: a role alone may use 1 slot. The server-wide count is every pg_background
+    // worker of the server (other files' jobs and launchers too), so this part runs on a
+    // cluster of its own.
+    const ownCluster = await startCluster({});
+    const ownClients: pg.Client[] = [];
+    let via: TestProxy | null = null;
+    try {
+      const ownDb = await registryDatabase(ownCluster);
+      const ownObserver = await ownCluster.connect({ database: ownDb });
+      ownClients.push(ownObserver);
+      await ownObserver.query(`CREATE ROLE fair_share_a LOGIN PASSWORD 'fair_share_a-pw'`);
+      await ownCluster.grantPgBackground('fair_share_a');
+      via = await startTestProxy(ownCluster, { jobs: { maxInFlight: 2, supervisePoll: 20 } });
+      const alice = await via.connect({ user: 'fair_share_a', password: 'fair_share_a-pw', database: ownDb });
+      ownClients.push(alice);
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) ids.push(await submit(alice, '/*+ background */ SELECT pg_sleep(0.4)'));
+      let most = 0;
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline) {
+        const r = await ownObserver.query(
+          `SELECT count(*) FILTER (WHERE state = 'running')::int AS running, count(*) FILTER (WHERE state IN ('queued', 'running'))::int AS active
+             FROM pgbg.job WHERE id = ANY($1::bigint[])`,
+          [ids],
+        );
+        most = Math.max(most, r.rows[0].running);
+        if (r.rows[0].active === 0) break;
+        await sleep(30);
+      }
+      const states = (await ownObserver.query('SELECT state FROM pgbg.job WHERE id = ANY($1::bigint[])', [ids])).rows.map((r) => r.state);
+      expect(states).toEqual(['succeeded', 'succeeded', 'succeeded']);
+      expect(most).toBe(1);
+    } finally {
+      for (const c of ownClients) await c.end().catch(() => undefined);
+      await via?.close();
+      await ownCluster.stop();
     }
-    const states = (await observer.query('SELECT state FROM pgbg.job WHERE id = ANY($1::bigint[])', [ids])).rows.map((r) => r.state);
-    expect(states).toEqual(['succeeded', 'succeeded', 'succeeded']);
-    expect(most).toBe(1);
   });
 });
 
