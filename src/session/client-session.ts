@@ -29,6 +29,7 @@ import { raiseStatement } from './raise-statement.js';
 import { parse as parseMessage, query as queryMessage } from '../protocol/frontend-writer.js';
 import type { SessionObserver } from './session-observer.js';
 import { ScramChannelBinding } from '../tls/channel-binding.js';
+import { SkippedReadyTracker } from './skipped-ready.js';
 
 export interface SessionSettings {
   upstream: UpstreamAddress;
@@ -80,6 +81,10 @@ export class ClientSession implements BackendStreamSink {
   private pendingReady = 0;
   /** Extended-protocol messages forwarded since the last Sync (their answers may be unflushed). */
   private forwardedSinceSync = 0;
+  /** Extended-protocol messages forwarded since the last Query, FunctionCall or Sync. */
+  private extendedSinceAnswer = 0;
+  /** A Query or FunctionCall after unsynced extended messages may get no ReadyForQuery (see there). */
+  private readonly skips = new SkippedReadyTracker();
   /** The current batch (since the last Sync) has messages the proxy answered itself. */
   private batchHasLocal = false;
   /** After a local error in an extended batch, messages are discarded up to Sync, as the server does. */
@@ -275,8 +280,10 @@ export class ClientSession implements BackendStreamSink {
     },
     piece: (type: number, bytes: Buffer, first: boolean): void => {
       if (first) {
-        if (type === B) this.forwardedSinceSync++;
-        else if (type === F) this.pendingReady++;
+        if (type === B) {
+          this.forwardedSinceSync++;
+          this.extendedSinceAnswer++;
+        } else if (type === F) this.expectReady();
       }
       this.outbound.add(bytes);
     },
@@ -311,7 +318,7 @@ export class ClientSession implements BackendStreamSink {
         this.upstream?.end(msg);
         return;
       case F:
-        this.pendingReady++;
+        this.expectReady();
         this.outbound.add(msg);
         return;
       case B:
@@ -333,7 +340,19 @@ export class ClientSession implements BackendStreamSink {
 
   private forwardExtended(msg: Buffer): void {
     this.forwardedSinceSync++;
+    this.extendedSinceAnswer++;
     this.outbound.add(msg);
+  }
+
+  /**
+   * A Query or FunctionCall is forwarded: one more ReadyForQuery is owed, unless extended
+   * messages went ahead of it with no Sync and the server is known to be skipping to that Sync.
+   */
+  private expectReady(): void {
+    const ahead = this.extendedSinceAnswer;
+    this.extendedSinceAnswer = 0;
+    if (this.skips.isUnsure(this.forwardedSinceSync) && !this.skips.add(this.pendingReady, ahead)) return;
+    this.pendingReady++;
   }
 
   private routingContext(): RoutingContext {
@@ -348,7 +367,7 @@ export class ClientSession implements BackendStreamSink {
   private onQuery(msg: Buffer): void {
     const sql = readQuery(msg, this.textEncoding);
     const route = this.deps.router().route(sql, this.routingContext());
-    if (route.action !== 'forward' && this.forwardedSinceSync > 0) {
+    if (route.action !== 'forward' && this.skips.isUnsure(this.forwardedSinceSync)) {
       // Extended-protocol messages went ahead without a Sync, and the server may be skipping
       // everything up to that Sync after an error, this Query included. The proxy cannot run
       // statements of its own in between: a statement that fails at once takes this one's
@@ -356,17 +375,20 @@ export class ClientSession implements BackendStreamSink {
       // (skipped, or an error). Whether it answers is unknown until the Sync, so the batch
       // stays open until then.
       this.deps.observer.statement('rejected');
+      this.expectReady();
       this.outbound.add(queryMessage(raiseStatement(new PgError(SqlState.ProtocolViolation, PIPELINE_REFUSAL))));
+      return;
+    }
+    if (route.action === 'forward') {
+      this.deps.observer.statement('forwarded');
+      this.expectReady();
+      this.forwardedSinceSync = 0;
+      this.batchHasLocal = false;
+      this.outbound.add(msg);
       return;
     }
     this.forwardedSinceSync = 0;
     this.batchHasLocal = false;
-    if (route.action === 'forward') {
-      this.deps.observer.statement('forwarded');
-      this.pendingReady++;
-      this.outbound.add(msg);
-      return;
-    }
     this.runLocal(async () => {
       await this.whenIdle();
       if (route.action === 'reject') {
@@ -414,7 +436,7 @@ export class ClientSession implements BackendStreamSink {
       return this.forwardExtended(msg);
     }
     this.local.forgetStatement(parse.name);
-    if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+    if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
       // Answers to earlier messages of this batch may still sit unflushed in the server, so the
       // proxy cannot answer in between; a Parse that fails at once takes the statement's place,
       // in order (its error names the reason), and the server skips the rest up to Sync.
@@ -465,7 +487,7 @@ export class ClientSession implements BackendStreamSink {
         this.local.forgetPortal(bind.portal);
         return false;
       }
-      if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+      if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
         // Same ordering constraint as in onParse: make the server produce the error in place.
         this.forwardExtended(bindToMissingStatement(msg));
         return true;
@@ -490,7 +512,7 @@ export class ClientSession implements BackendStreamSink {
     const target = type === E ? { kind: 'P' as const, name: readExecute(msg).portal } : readTarget(msg);
     const isLocal = target.kind === 'S' ? this.local.statements.has(target.name) : this.local.portals.has(target.name);
     if (!isLocal) return false;
-    if (this.forwardedSinceSync > 0 || this.pendingReady > 0) {
+    if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
       this.forwardExtended(msg);
       return true;
     }
@@ -535,6 +557,8 @@ export class ClientSession implements BackendStreamSink {
       this.writeClient(readyForQuery(this.txStatus));
       return;
     }
+    this.skips.synced();
+    this.extendedSinceAnswer = 0;
     this.pendingReady++;
     this.outbound.add(msg);
   }
@@ -717,6 +741,10 @@ export class ClientSession implements BackendStreamSink {
 
   noteMessage(type: number, status: number): void {
     this.lastServerMessage = type;
+    if (this.forwardedSinceSync > 0 || this.skips.tracking) {
+      const never = this.skips.note(type);
+      if (never > 0) this.pendingReady = Math.max(0, this.pendingReady - never);
+    }
     if (type === 0x5a) {
       if (this.pendingReady > 0) this.pendingReady--;
       this.txStatus = String.fromCharCode(status) as 'I' | 'T' | 'E';

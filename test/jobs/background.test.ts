@@ -238,6 +238,76 @@ describe('errors the client sees at once, with no job created', () => {
   });
 });
 
+describe('a forwarded Query after extended messages with no Sync (the server may skip it)', () => {
+  const within = <T>(p: Promise<T>, ms: number, what: string) =>
+    Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms))]);
+
+  it('skipped after a failing extended message: one ReadyForQuery comes, and the next hinted statement is not left waiting for another', async () => {
+    const socket = await authenticatedSocket(via.port, 'trustuser', db);
+    try {
+      const skipped = await within(
+        sendAndReadUntilReady(socket, Buffer.concat([fe.parse('', 'SELECT 1/0'), fe.bind('', '', []), fe.execute(), fe.query('SELECT 515151'), fe.sync()])),
+        5000,
+        'failing batch',
+      );
+      // ParseComplete, then Bind fails (the constant is folded when planning); the Query and the
+      // rest are skipped up to the Sync.
+      expect(skipped.map((m) => m.type).join('')).toBe('1EZ');
+      expect(skipped[1].body.toString()).toMatch(/22012/);
+      // Before, the proxy still owed the skipped Query's ReadyForQuery and this waited for ever.
+      const hinted = await within(sendAndReadUntilReady(socket, fe.query('/*+ background */ SELECT 516')), 10_000, 'hinted statement');
+      expect(hinted.map((m) => m.type).join('')).toBe('TDCZ');
+      const jobId = /(\d+)/.exec(hinted[1].body.toString('latin1'))![1];
+      expect((await waitJob(observer, jobId)).state).toBe('succeeded');
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it('run when the extended messages succeed: both ReadyForQuery come, in order, and the proxy still waits for the second', async () => {
+    const socket = await authenticatedSocket(via.port, 'trustuser', db);
+    try {
+      const first = await within(
+        sendAndReadUntilReady(socket, Buffer.concat([fe.parse('', 'SELECT 71'), fe.bind('', '', []), fe.execute(), fe.query('SELECT 72'), fe.sync(), fe.query('/*+ background */ SELECT 73')])),
+        5000,
+        'good batch',
+      );
+      expect(first.map((m) => m.type).join('')).toBe('12DCTDCZ');
+      const sync = await within(sendAndReadUntilReady(socket, Buffer.alloc(0)), 5000, 'the Sync');
+      expect(sync.map((m) => m.type).join('')).toBe('Z');
+      // The hinted statement pipelined behind them is answered by the proxy only after both.
+      const hinted = await within(sendAndReadUntilReady(socket, Buffer.alloc(0)), 10_000, 'hinted statement');
+      expect(hinted.map((m) => m.type).join('')).toBe('TDCZ');
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it('a second Query in the same skipped batch is skipped too; a hinted one there is refused in order, never run', async () => {
+    const socket = await authenticatedSocket(via.port, 'trustuser', db);
+    const before = (await observer.query('SELECT count(*)::int AS n FROM pgbg.job')).rows[0].n;
+    try {
+      const batch = await within(
+        sendAndReadUntilReady(
+          socket,
+          Buffer.concat([fe.parse('', 'SELECT 1/0'), fe.bind('', '', []), fe.execute(), fe.query('SELECT 81'), fe.query('SELECT 82'), fe.query('/*+ background */ SELECT 83'), fe.sync()]),
+        ),
+        5000,
+        'failing batch',
+      );
+      expect(batch.map((m) => m.type).join('')).toBe('1EZ');
+      const after = await within(sendAndReadUntilReady(socket, fe.query('SELECT 84 AS n')), 5000, 'after');
+      expect(after.map((m) => m.type).join('')).toBe('TDCZ');
+      const hinted = await within(sendAndReadUntilReady(socket, fe.query('/*+ background */ SELECT 85')), 10_000, 'hinted statement');
+      expect(hinted.map((m) => m.type).join('')).toBe('TDCZ');
+      const jobs = await observer.query('SELECT statement FROM pgbg.job ORDER BY id OFFSET $1', [before]);
+      expect(jobs.rows.map((r) => r.statement)).toEqual(['SELECT 85']);
+    } finally {
+      socket.destroy();
+    }
+  });
+});
+
 describe('privileges (acceptance 4)', () => {
   it('a job cannot do what its submitter may not; users see and touch only their own jobs', async () => {
     const client = await alice();
