@@ -438,9 +438,18 @@ describe('workers: 2, the whole proxy\'s limits and signals', () => {
     // can, so the SIGHUP surely comes while the supervisor still waits for it.
     let reloadedBeforeAll = false;
     const early = await startSupervised(BASE, async (s) => {
+      // Stopped between fork and exec, the worker would hold the supervisor itself (its spawn
+      // waits for the exec): wait until the second worker runs its own command line (the
+      // supervisor adds a V8 flag to the workers') before stopping it.
+      const own = readFileSync(`/proc/${s.child.pid}/cmdline`, 'utf8');
       const kids = await eventually(async () => {
         const k = childrenOf(s.child.pid!);
-        return k.length === 2 ? k : undefined;
+        if (k.length !== 2) return undefined;
+        try {
+          return readFileSync(`/proc/${k[1]}/cmdline`, 'utf8') !== own ? k : undefined;
+        } catch {
+          return undefined;
+        }
       }, 20_000, 5);
       process.kill(kids![1], 'SIGSTOP');
       try {
