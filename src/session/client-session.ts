@@ -355,6 +355,15 @@ export class ClientSession implements BackendStreamSink {
     this.pendingReady++;
   }
 
+  /**
+   * Whether the server may still owe answers to messages already sent, or be discarding messages
+   * up to the client's Sync: the proxy then cannot answer a message of the batch itself, in
+   * between, and makes the server produce the error in place instead.
+   */
+  private get serverMayOwe(): boolean {
+    return this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip;
+  }
+
   private routingContext(): RoutingContext {
     return {
       user: this.user,
@@ -436,7 +445,7 @@ export class ClientSession implements BackendStreamSink {
       return this.forwardExtended(msg);
     }
     this.local.forgetStatement(parse.name);
-    if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
+    if (this.serverMayOwe) {
       // Answers to earlier messages of this batch may still sit unflushed in the server, so the
       // proxy cannot answer in between; a Parse that fails at once takes the statement's place,
       // in order (its error names the reason), and the server skips the rest up to Sync.
@@ -487,7 +496,7 @@ export class ClientSession implements BackendStreamSink {
         this.local.forgetPortal(bind.portal);
         return false;
       }
-      if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
+      if (this.serverMayOwe) {
         // Same ordering constraint as in onParse: make the server produce the error in place.
         this.forwardExtended(bindToMissingStatement(msg));
         return true;
@@ -512,7 +521,7 @@ export class ClientSession implements BackendStreamSink {
     const target = type === E ? { kind: 'P' as const, name: readExecute(msg).portal } : readTarget(msg);
     const isLocal = target.kind === 'S' ? this.local.statements.has(target.name) : this.local.portals.has(target.name);
     if (!isLocal) return false;
-    if (this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip) {
+    if (this.serverMayOwe) {
       this.forwardExtended(msg);
       return true;
     }

@@ -17,9 +17,7 @@ export class SlotLedger {
   private readonly held = new Map<number, number>();
 
   take(workerId: number, limit: number): boolean {
-    let total = 0;
-    for (const n of this.held.values()) total += n;
-    if (total >= limit) return false;
+    if (this.total >= limit) return false;
     this.held.set(workerId, (this.held.get(workerId) ?? 0) + 1);
     return true;
   }
@@ -48,23 +46,19 @@ export class SlotLedger {
  * per worker until the supervisor answers again.
  */
 export function supervisedClientSlots(request: (op: string, timeoutMs: number) => Promise<boolean>, sendRelease: () => void, log: Logger): ClientSlots {
-  const own = new LocalClientSlots();
   // Slots taken on this worker's own count are released there, not at the supervisor.
-  let ownTaken = 0;
+  const own = new LocalClientSlots();
   return {
     async take(limit) {
       try {
         return await request('take-slot', TAKE_TIMEOUT_MS);
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'supervisor did not answer a client slot request: admitting on this worker\'s own count');
-        if (!own.take(limit)) return false;
-        ownTaken++;
-        return true;
+        return own.take(limit);
       }
     },
     release() {
-      if (ownTaken > 0) {
-        ownTaken--;
+      if (own.count > 0) {
         own.release();
         return;
       }

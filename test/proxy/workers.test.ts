@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { eventually, freePort, getCluster } from '../harness/index.js';
 import { ensureBuilt } from '../support/build-dist.js';
+import { childrenOf } from '../support/child-pids.js';
 import { registryDatabase, submit, waitJob } from '../support/jobs.js';
 import { int32 } from '../support/wire.js';
 
@@ -115,16 +116,6 @@ async function startSupervised(configText: string, meanwhile?: (sup: Supervised)
   return sup;
 }
 
-/** Pids of a process's children (the cluster workers of a supervisor). */
-function childrenOf(pid: number): number[] {
-  const file = `/proc/${pid}/task/${pid}/children`;
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .trim()
-    .split(/\s+/)
-    .filter(Boolean)
-    .map(Number);
-}
 
 function alive(pid: number): boolean {
   try {
@@ -419,7 +410,10 @@ describe('workers: 2, the whole proxy\'s limits and signals', () => {
         expect(err?.code).toBe('53300');
         expect(err?.message).toMatch(/limits\.maxClients = 3/);
       }
-      const refusals = limited.lines.filter((l) => l.msg === 'client refused: max clients reached');
+      // The workers' log lines reach the supervisor's stdout a moment after the refusals.
+      const refused = () => limited.lines.filter((l) => l.msg === 'client refused: max clients reached');
+      await eventually(async () => refused().length >= 4, 5000);
+      const refusals = refused();
       expect(refusals).toHaveLength(4);
       // both workers refused (round robin hands consecutive connections to both)
       expect(new Set(refusals.map((l) => l.worker)).size).toBe(2);

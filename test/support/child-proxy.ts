@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { childrenOf } from './child-pids.js';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,8 +39,7 @@ export async function startChildProxy(args: string[], env: Record<string, string
     child,
     output: () => out,
     relayPids() {
-      const file = `/proc/${child.pid}/task/${child.pid}/children`;
-      const children = existsSync(file) ? readFileSync(file, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : [];
+      const children = childrenOf(child.pid!);
       return children.length > 0 ? children : [child.pid!];
     },
     kill(signal) {

@@ -4,7 +4,7 @@
  * would: its listening address, /metrics, the admin console, SIGHUP and SIGTERM.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +12,7 @@ import pg from 'pg';
 import type { ProxyConfigInput } from '../../src/config/schema.js';
 import { freePort, type Cluster } from '../harness/cluster.js';
 import { ensureBuilt } from './build-dist.js';
+import { childrenOf } from './child-pids.js';
 import type { ProxyHandle } from './proxy.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -44,12 +45,6 @@ export function parseMetric(text: string, name: string): Array<{ labels: Record<
     out.push({ labels, value: Number(line.slice(line.lastIndexOf(' ') + 1)) });
   }
   return out;
-}
-
-function childrenOf(pid: number): number[] {
-  const file = `/proc/${pid}/task/${pid}/children`;
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
 export async function startSupervisedTestProxy(cluster: Cluster, overrides: ProxyConfigInput, workers: number): Promise<{ handle: ProxyHandle; close(): Promise<void> }> {
