@@ -8,6 +8,7 @@ import { SqlState } from '../protocol/sqlstate.js';
 import { ClientSession, type SessionSettings } from '../session/client-session.js';
 import { quietObserver, type SessionObserver } from '../session/session-observer.js';
 import type { StatementRouter } from '../rules/route.js';
+import { forwardAll } from '../rules/forward-all.js';
 import type { JobSubmitter } from '../jobs/submitter.js';
 import { LauncherCheckThrottle } from '../jobs/launcher-check.js';
 import { CancelKeys } from './cancel-keys.js';
@@ -83,7 +84,7 @@ export async function startListener(initial: ProxyConfig, parts: ProxyParts): Pr
   const slots = parts.clientSlots ?? new LocalClientSlots();
   let pending = 0;
   let closing = false;
-  const router = parts.router ?? (() => ({ route: () => ({ action: 'forward' as const }) }));
+  const router = parts.router ?? (() => forwardAll);
 
   const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => {
     socket.setNoDelay(true);

@@ -94,10 +94,15 @@ export class ProxyMetrics implements SessionObserver {
   }
 
   bytes(direction: 'client_to_server' | 'server_to_client', n: number): void {
-    this.bytesPending[direction] += n;
+    // Named fields, not [direction]: this runs for every read, and a keyed access on a varying
+    // name goes through V8's generic (megamorphic) property lookup.
+    if (direction === 'client_to_server') this.bytesPending.client_to_server += n;
+    else this.bytesPending.server_to_client += n;
   }
   statement(action: 'forwarded' | 'backgrounded' | 'rejected'): void {
-    this.statementsPending[action]++;
+    if (action === 'forwarded') this.statementsPending.forwarded++;
+    else if (action === 'backgrounded') this.statementsPending.backgrounded++;
+    else this.statementsPending.rejected++;
   }
   protocolError(reason: string): void {
     this.protocolErrors.inc({ reason });

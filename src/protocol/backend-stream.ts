@@ -32,10 +32,6 @@ export class BackendStream {
   push(chunk: Buffer): void {
     let pos = 0;
     let relayFrom = 0;
-    const flushRelay = (to: number) => {
-      if (to > relayFrom) this.sink.relay(chunk.subarray(relayFrom, to));
-      relayFrom = to;
-    };
     while (pos < chunk.length) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, chunk.length - pos);
@@ -54,33 +50,52 @@ export class BackendStream {
       }
       const headerStart = pos;
       const heldBefore = this.headerFilled;
-      while (pos < chunk.length && this.headerFilled < this.headerNeeded()) this.header[this.headerFilled++] = chunk[pos++];
-      if (this.headerFilled < this.headerNeeded()) {
-        flushRelay(headerStart);
-        relayFrom = chunk.length; // header bytes are held in this.header, not relayed yet
-        return;
+      let type: number;
+      let total: number;
+      let status = 0;
+      // Where the header's bytes are: the chunk (the common case, read in place) or this.header
+      // (a header split across reads, collected byte by byte).
+      let headerInChunk: boolean;
+      if (heldBefore === 0 && chunk.length - pos >= 6) {
+        type = chunk[pos];
+        total = 1 + chunk.readInt32BE(pos + 1);
+        if (type === READY_FOR_QUERY) {
+          status = chunk[pos + 5];
+          pos += 6;
+        } else pos += 5;
+        headerInChunk = true;
+      } else {
+        while (pos < chunk.length && this.headerFilled < this.headerNeeded()) this.header[this.headerFilled++] = chunk[pos++];
+        if (this.headerFilled < this.headerNeeded()) {
+          if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
+          return; // the header bytes are held in this.header, not relayed yet
+        }
+        type = this.header[0];
+        total = 1 + this.header.readInt32BE(1);
+        if (type === READY_FOR_QUERY) status = this.header[5];
+        headerInChunk = false;
       }
-      const type = this.header[0];
-      const total = 1 + this.header.readInt32BE(1);
-      const headerLen = this.headerFilled;
+      const headerLen = headerInChunk ? pos - headerStart : this.headerFilled;
       this.headerFilled = 0;
       if (this.sink.capturing(type)) {
-        flushRelay(headerStart);
+        if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
         relayFrom = pos;
         this.assembling = Buffer.allocUnsafe(total);
-        this.header.copy(this.assembling, 0, 0, headerLen);
+        if (headerInChunk) chunk.copy(this.assembling, 0, headerStart, pos);
+        else this.header.copy(this.assembling, 0, 0, headerLen);
         this.assembled = headerLen;
         if (this.assembled === total) this.finishCapture();
         continue;
       }
       if (heldBefore > 0) {
-        flushRelay(headerStart);
+        if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
+        relayFrom = headerStart;
         this.sink.relay(Buffer.from(this.header.subarray(0, heldBefore)));
       }
       this.remaining = total - headerLen;
-      this.sink.noteMessage(type, type === READY_FOR_QUERY ? this.header[5] : 0);
+      this.sink.noteMessage(type, status);
     }
-    flushRelay(pos);
+    if (pos > relayFrom) this.sink.relay(chunk.subarray(relayFrom, pos));
   }
 
   /** ReadyForQuery is read with its status byte; every other message by its 5-byte header. */

@@ -1,7 +1,8 @@
 import { ProtocolViolation } from './errors.js';
 
 /** Frontend message type bytes valid after startup (protocol 3.0). */
-const FRONTEND_TYPES = new Set([...'BCdcfDEHFPpQSX'].map((c) => c.charCodeAt(0)));
+const FRONTEND_TYPES = new Uint8Array(256);
+for (const c of 'BCdcfDEHFPpQSX') FRONTEND_TYPES[c.charCodeAt(0)] = 1;
 
 /**
  * Large messages the reader does not need whole (a 60 MB Bind, a CopyData) may be passed on in
@@ -65,7 +66,7 @@ export class FrontendFramer {
         return;
       }
       const type = buf[pos];
-      if (!FRONTEND_TYPES.has(type)) {
+      if (FRONTEND_TYPES[type] === 0) {
         throw new ProtocolViolation(`invalid frontend message type ${type}`, 'bad_type');
       }
       const length = buf.readInt32BE(pos + 1);

@@ -66,6 +66,33 @@ export function readQuery(msg: Buffer, encoding: BufferEncoding = 'utf8'): strin
   return sql;
 }
 
+/**
+ * Where the SQL text of a well-formed Query ends (it starts at 5), without decoding it; -1 when
+ * the message is not well formed (readQuery says how).
+ */
+export function querySqlEnd(msg: Buffer): number {
+  const end = msg.indexOf(0, 5);
+  return end >= 5 && end === msg.length - 1 ? end : -1;
+}
+
+/** The byte ranges of a well-formed Parse message's name and SQL text, without decoding them. */
+export interface ParseLayout {
+  /** The statement name is [5, nameEnd). */
+  nameEnd: number;
+  /** The SQL text is [nameEnd + 1, sqlEnd). */
+  sqlEnd: number;
+}
+
+/** null when the message is not well formed (readParse says how). */
+export function parseLayout(msg: Buffer): ParseLayout | null {
+  const nameEnd = msg.indexOf(0, 5);
+  if (nameEnd < 0) return null;
+  const sqlEnd = msg.indexOf(0, nameEnd + 1);
+  if (sqlEnd < 0 || sqlEnd + 3 > msg.length) return null;
+  const paramTypes = msg.readUInt16BE(sqlEnd + 1);
+  return sqlEnd + 3 + 4 * paramTypes === msg.length ? { nameEnd, sqlEnd } : null;
+}
+
 export interface ParseMessage {
   name: string;
   sql: string;

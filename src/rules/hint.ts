@@ -25,6 +25,19 @@ export function isHintComment(comment: string): boolean {
   return comment.startsWith('/*+');
 }
 
+const HINT_OPENING = Buffer.from('/*+', 'latin1');
+
+/**
+ * Whether the bytes [start, end) of a message may hold a hint comment: false when "/*+" does not
+ * occur in them. Read on the raw bytes in every client encoding PostgreSQL accepts: all of them
+ * are ASCII-compatible, and in the multibyte ones no byte of a multibyte character is below
+ * 0x40, so '/', '*' and '+' (0x2f, 0x2a, 0x2b) in the bytes are those characters.
+ */
+export function mayHoldHint(bytes: Buffer, start: number, end: number): boolean {
+  const at = bytes.indexOf(HINT_OPENING, start);
+  return at >= 0 && at + HINT_OPENING.length <= end;
+}
+
 export function parseHint(comment: string): Hint {
   const m = HINT_RE.exec(comment);
   if (!m) throw badHint(`malformed hint comment ${truncate(comment)}`);

@@ -30,6 +30,10 @@ export class JobRouter implements StatementRouter {
     this.rules = new RuleMatcher(rules);
   }
 
+  routesUnhinted(ctx: () => RoutingContext): boolean {
+    return !this.rules.empty && this.rules.forContext(ctx()).length > 0;
+  }
+
   route(sql: string, ctx: RoutingContext): Route {
     const mayHint = sql.includes('/*+');
     const candidates = this.rules.empty ? [] : this.rules.forContext(ctx);

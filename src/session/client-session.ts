@@ -2,7 +2,8 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import { BackendStream, type BackendStreamSink } from '../protocol/backend-stream.js';
 import { FrontendFramer } from '../protocol/frontend-framer.js';
-import { readBind, readExecute, readParse, readQuery, readTarget } from '../protocol/frontend-messages.js';
+import { parseLayout, querySqlEnd, readBind, readExecute, readParse, readQuery, readTarget } from '../protocol/frontend-messages.js';
+import { mayHoldHint } from '../rules/hint.js';
 import {
   bindComplete,
   closeComplete,
@@ -231,7 +232,7 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     this.deps.observer.bytes('client_to_server', chunk.length);
     try {
-      this.framer.push(chunk, (type, msg) => this.onClientMessage(type, msg), this.pieceSink);
+      this.framer.push(chunk, this.takeClientMessage, this.pieceSink);
     } catch (err) {
       this.flushOutbound();
       if (err instanceof ProtocolViolation) return this.protocolViolation(err);
@@ -241,6 +242,10 @@ export class ClientSession implements BackendStreamSink {
     }
     this.flushOutbound();
   }
+
+  // Made once, not per read: the relay's hot path allocates as little as it can.
+  private readonly takeClientMessage = (type: number, msg: Buffer): void => this.onClientMessage(type, msg);
+  private readonly writeUpstreamBound = (buf: Buffer): void => this.writeUpstream(buf);
 
   private onClientMessage(type: number, msg: Buffer): void {
     if (this.phase === 'closed') return;
@@ -364,6 +369,8 @@ export class ClientSession implements BackendStreamSink {
     return this.forwardedSinceSync > 0 || this.pendingReady > 0 || this.skips.batchMaySkip;
   }
 
+  private readonly routingContextOf = (): RoutingContext => this.routingContext();
+
   private routingContext(): RoutingContext {
     return {
       user: this.user,
@@ -373,7 +380,19 @@ export class ClientSession implements BackendStreamSink {
     };
   }
 
+  /**
+   * Whether a statement whose text is [start, end) of msg goes to the server as it is, decided
+   * without decoding the text: no hint opening in its bytes and no rule for this session.
+   */
+  private plainlyForwarded(msg: Buffer, start: number, end: number): boolean {
+    return !mayHoldHint(msg, start, end) && !this.deps.router().routesUnhinted(this.routingContextOf);
+  }
+
   private onQuery(msg: Buffer): void {
+    // Most statements: no hint, no rule. Their text is never decoded (a malformed message
+    // takes the full reader below, which names the fault).
+    const sqlEnd = querySqlEnd(msg);
+    if (sqlEnd >= 0 && this.plainlyForwarded(msg, 5, sqlEnd)) return this.forwardQuery(msg);
     const sql = readQuery(msg, this.textEncoding);
     const route = this.deps.router().route(sql, this.routingContext());
     if (route.action !== 'forward' && this.skips.isUnsure(this.forwardedSinceSync)) {
@@ -388,14 +407,7 @@ export class ClientSession implements BackendStreamSink {
       this.outbound.add(queryMessage(raiseStatement(new PgError(SqlState.ProtocolViolation, PIPELINE_REFUSAL))));
       return;
     }
-    if (route.action === 'forward') {
-      this.deps.observer.statement('forwarded');
-      this.expectReady();
-      this.forwardedSinceSync = 0;
-      this.batchHasLocal = false;
-      this.outbound.add(msg);
-      return;
-    }
+    if (route.action === 'forward') return this.forwardQuery(msg);
     this.forwardedSinceSync = 0;
     this.batchHasLocal = false;
     this.runLocal(async () => {
@@ -436,7 +448,21 @@ export class ClientSession implements BackendStreamSink {
     this.writeUpstream(queryMessage(raiseStatement(error)));
   }
 
+  private forwardQuery(msg: Buffer): void {
+    this.deps.observer.statement('forwarded');
+    this.expectReady();
+    this.forwardedSinceSync = 0;
+    this.batchHasLocal = false;
+    this.outbound.add(msg);
+  }
+
   private onParse(msg: Buffer): void {
+    const layout = parseLayout(msg);
+    if (layout && this.plainlyForwarded(msg, layout.nameEnd + 1, layout.sqlEnd)) {
+      this.deps.observer.statement('forwarded');
+      if (!this.local.empty) this.local.forgetStatement(msg.toString(this.textEncoding, 5, layout.nameEnd));
+      return this.forwardExtended(msg);
+    }
     const parse = readParse(msg, this.textEncoding);
     const route = this.deps.router().route(parse.sql, this.routingContext());
     if (route.action === 'forward') {
@@ -837,7 +863,7 @@ export class ClientSession implements BackendStreamSink {
   private flushOutbound(): void {
     if (this.outbound.empty) return;
     this.relayed++;
-    this.outbound.drainTo((buf) => this.writeUpstream(buf));
+    this.outbound.drainTo(this.writeUpstreamBound);
   }
 
   private writeUpstream(buf: Buffer): void {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { readBind, readParse } from '../../src/protocol/frontend-messages.js';
-import { bind, parse } from '../../src/protocol/frontend-writer.js';
+import { parseLayout, querySqlEnd, readBind, readParse, readQuery } from '../../src/protocol/frontend-messages.js';
+import { bind, parse, query } from '../../src/protocol/frontend-writer.js';
+import { mayHoldHint } from '../../src/rules/hint.js';
 import { parameterDescription } from '../../src/protocol/backend-messages.js';
 import { FrontendFramer, STREAM_MIN_BYTES } from '../../src/protocol/frontend-framer.js';
 
@@ -70,5 +71,51 @@ describe('large messages in pieces', () => {
     for (let i = 0; i < big.length; i += 65536) framer.push(big.subarray(i, i + 65536), (_t, m) => out.push(Buffer.from(m)), sink);
     expect(out).toHaveLength(1);
     expect(out[0].equals(big)).toBe(true);
+  });
+});
+
+describe('reading a statement without decoding it (the path of unhinted statements)', () => {
+  function framed(type: string, body: Buffer): Buffer {
+    const out = Buffer.alloc(5 + body.length);
+    out[0] = type.charCodeAt(0);
+    out.writeInt32BE(4 + body.length, 1);
+    body.copy(out, 5);
+    return out;
+  }
+
+  it('finds the SQL of a well-formed Query and refuses any other (the full reader then names the fault)', () => {
+    const q = query('SELECT 1');
+    expect(querySqlEnd(q)).toBe(q.length - 1);
+    expect(q.toString('utf8', 5, querySqlEnd(q))).toBe(readQuery(q));
+    expect(querySqlEnd(framed('Q', Buffer.from('SELECT 1')))).toBe(-1); // unterminated
+    expect(querySqlEnd(framed('Q', Buffer.from('SELECT 1\0junk')))).toBe(-1); // bytes after the text
+    expect(querySqlEnd(framed('Q', Buffer.from('SELECT 1\0\0')))).toBe(-1);
+    expect(() => readQuery(framed('Q', Buffer.from('SELECT 1\0junk')))).toThrow(/length does not match/);
+  });
+
+  it('finds the name and SQL of a well-formed Parse, with its parameter types, and refuses any other', () => {
+    const p = parse('s1', 'SELECT $1', [23]);
+    const layout = parseLayout(p)!;
+    expect(p.toString('utf8', 5, layout.nameEnd)).toBe('s1');
+    expect(p.toString('utf8', layout.nameEnd + 1, layout.sqlEnd)).toBe('SELECT $1');
+    expect(parseLayout(parse('', 'SELECT 1'))).not.toBeNull();
+    // a type count that does not match the bytes, a missing count, an unterminated text
+    const wrongCount = Buffer.from(p);
+    wrongCount.writeUInt16BE(2, layout.sqlEnd + 1);
+    expect(parseLayout(wrongCount)).toBeNull();
+    expect(() => readParse(wrongCount)).toThrow();
+    expect(parseLayout(framed('P', Buffer.from('s1\0SELECT 1\0')))).toBeNull();
+    expect(parseLayout(framed('P', Buffer.from('s1\0SELECT 1')))).toBeNull();
+    expect(parseLayout(framed('P', Buffer.from('s1')))).toBeNull();
+  });
+
+  it('sees a hint opening only within the given range of bytes', () => {
+    const q = query('/*+ background */ SELECT 1');
+    expect(mayHoldHint(q, 5, q.length - 1)).toBe(true);
+    expect(mayHoldHint(q, 6, q.length - 1)).toBe(false);
+    expect(mayHoldHint(q, 5, 7)).toBe(false); // "/*" only
+    expect(mayHoldHint(query('SELECT 1 /* plain */'), 5, 25)).toBe(false);
+    const latin1 = Buffer.from('SELECT \'é\' /*+ background */', 'latin1');
+    expect(mayHoldHint(latin1, 0, latin1.length)).toBe(true);
   });
 });

@@ -117,4 +117,16 @@ describe('rules', () => {
     expect(router.route('/*+ foreground */ VACUUM t', ctx).action).toBe('forward');
     expect(plan(router.route('/*+ background(priority=1) */ VACUUM t', ctx)).options.priority).toBe(1);
   });
+
+  it('says whether a statement without a hint can be routed at all in a session (rules whose conditions hold)', () => {
+    expect(plain.routesUnhinted(() => ctx)).toBe(false);
+    // no-drop applies to everyone
+    expect(router.routesUnhinted(() => ({ user: 'bob', database: 'other', applicationName: 'x' }))).toBe(true);
+    const scoped = new JobRouter(
+      validateConfig({ rules: [{ name: 'reports', match: { pattern: 'big_report', databases: ['app'], users: ['alice'] } }] }).rules,
+    );
+    expect(scoped.routesUnhinted(() => ctx)).toBe(true);
+    expect(scoped.routesUnhinted(() => ({ ...ctx, user: 'bob' }))).toBe(false);
+    expect(scoped.routesUnhinted(() => ({ ...ctx, database: 'other' }))).toBe(false);
+  });
 });
