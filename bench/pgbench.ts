@@ -31,7 +31,12 @@ export function libpqEnv(target: PgbenchTarget): Record<string, string> {
   return sslmode === 'disable' ? { PGSSLMODE: sslmode } : { PGSSLMODE: sslmode, PGCHANNELBINDING: 'disable' };
 }
 
-export async function runPgbench(binDir: string, target: PgbenchTarget, opts: { mode: PgbenchMode; clients: number; threads: number; seconds: number }): Promise<PgbenchRun> {
+/** rate: a fixed transaction rate (pgbench -R, transactions per second over all clients); absent: as fast as possible. */
+export async function runPgbench(
+  binDir: string,
+  target: PgbenchTarget,
+  opts: { mode: PgbenchMode; clients: number; threads: number; seconds: number; rate?: number },
+): Promise<PgbenchRun> {
   const args = [
     '-h', target.host,
     '-p', String(target.port),
@@ -42,6 +47,7 @@ export async function runPgbench(binDir: string, target: PgbenchTarget, opts: { 
     '-j', String(opts.threads),
     '-T', String(opts.seconds),
     '-M', opts.mode,
+    ...(opts.rate ? ['-R', String(opts.rate)] : []),
     target.database,
   ];
   const res = await runCommand(path.join(binDir, 'pgbench'), args, {

@@ -14,6 +14,10 @@
  *  3. "Time to job id": round trip of a hinted statement through the proxy until the job-id row
  *     arrives, against a raw pg_background launch on a direct connection; sequential p50/p99 and
  *     launches per second, sequential and with concurrent clients.
+ *  1c. CPU per transaction at a fixed rate (pgbench -S -R BENCH_FIXED_RATE) of PgBouncer, the bare
+ *     relay and the proxy: at full speed a middle's CPU per transaction falls as its throughput
+ *     rises (more messages per read, fewer wake-ups), so part 1 compares middles at different
+ *     loads; at one rate all of them hold, each does the same work in the same pattern.
  *  Part 1 also measures a bare relay (bench/bare-relay.ts: no parsing, no inspection, the same
  *  Node.js and socket settings), the floor for what a Node.js relay can do.
  *  4. Added latency per query with one client (SELECT 1, p50/p99) over direct, for PgBouncer,
@@ -29,6 +33,7 @@
  * BENCH_MAX_WORKER_PROCESSES (the harness's 24), BENCH_PGBOUNCER (/usr/sbin/pgbouncer),
  * BENCH_LATENCY_ROUNDS (5, quick 2), BENCH_LATENCY_QUERIES (2000 per target and round, quick 300),
  * BENCH_IDLE_CLIENTS (2000, quick 200; 0 skips part 5),
+ * BENCH_FIXED_RATE (6000 transactions per second; 0 skips part 1c), BENCH_FIXED_RATE_ROUNDS (5, quick 2),
  * BENCH_WORKERS (1: --workers for the proxy; its CPU and memory are then those of the supervisor
  * and all its workers together),
  * BENCH_OUT (bench/results/latest.json; the proxy's log goes next to it as proxy.log).
@@ -86,6 +91,8 @@ const cfg = {
   latencyRounds: intEnv('BENCH_LATENCY_ROUNDS', quick ? 2 : 5),
   latencyQueries: intEnv('BENCH_LATENCY_QUERIES', quick ? 300 : 2000),
   idleClients: intEnv('BENCH_IDLE_CLIENTS', quick ? 200 : 2000),
+  fixedRate: intEnv('BENCH_FIXED_RATE', 6000),
+  fixedRateRounds: intEnv('BENCH_FIXED_RATE_ROUNDS', quick ? 2 : 5),
   workers: intEnv('BENCH_WORKERS', 1),
   out: process.env.BENCH_OUT ?? path.join(repoDir, 'bench/results/latest.json'),
   tls: process.env.BENCH_TLS !== '0',
@@ -416,10 +423,10 @@ async function main(): Promise<number> {
   const pidOf = (t: TargetName) =>
     t === 'proxy' ? proxy.service.child.pid : t === 'pgbouncer' ? bouncer?.pid : t === 'bare' ? bare.service.child.pid : null;
   /** One pgbench run, with the CPU the proxy or PgBouncer used meanwhile. */
-  const measured = async (t: TargetName, mode: PgbenchMode) => {
+  const measured = async (t: TargetName, mode: PgbenchMode, rate?: number) => {
     const pid = pidOf(t);
     const c0 = cpuSeconds(pid);
-    const r = await runPgbench(cluster.binDir, targets[t]!, pgbenchOpts(mode));
+    const r = await runPgbench(cluster.binDir, targets[t]!, { ...pgbenchOpts(mode), rate });
     const cpu = cpuSeconds(pid) - c0;
     return { ...r, cpuPct: (cpu / cfg.seconds) * 100, cpuUsPerTx: r.processed > 0 ? (cpu / r.processed) * 1e6 : NaN };
   };
@@ -446,6 +453,27 @@ async function main(): Promise<number> {
     }
   }
   log();
+
+  // ---- Part 1c: CPU per transaction at a fixed rate ----------------------------------------------
+  const fixedRuns: RoundRun[] = [];
+  const middles = targetNames.filter((t) => t !== 'direct');
+  if (cfg.fixedRate > 0) {
+    log(`part 1c: pgbench -S -R ${cfg.fixedRate} (a fixed rate), ${cfg.fixedRateRounds} rounds; CPU per transaction of each middle`);
+    for (let round = 0; round < cfg.fixedRateRounds; round++) {
+      for (const mode of cfg.modes) {
+        const parts: string[] = [];
+        for (const [i, target] of rotate(middles, round).entries()) {
+          if (wasInterrupted()) return 130;
+          const r = await measured(target, mode, cfg.fixedRate);
+          fixedRuns.push({ ...r, round: round + 1, mode, target, order: i });
+          parts.push(`${target} ${fmt(r.cpuUsPerTx, 1)} us/tx (${fmt(r.tps)} tps)`);
+          if (r.error) log(`    ${target}/${mode}: pgbench reported: ${r.error.replace(/\n/g, ' | ')}`);
+        }
+        log(`  round ${round + 1}/${cfg.fixedRateRounds} ${mode.padEnd(8)} ${parts.join(', ')}`);
+      }
+    }
+    log();
+  }
 
   // ---- Part 1b: TLS on both sides ---------------------------------------------------------------
   const tlsPart = cfg.tls ? await runTlsPart() : null;
@@ -644,6 +672,29 @@ async function main(): Promise<number> {
   log(table(['mode', 'proxy/bare tps', 'bare CPU us/tx', 'proxy CPU us/tx', 'proxy/bare CPU per tx'], floorRows));
   log('(the floor: a Node.js relay that parses and inspects nothing; goal: proxy CPU per transaction within 1.10x of it)');
   log();
+  const fixedSummary: Record<string, Record<string, { cpuUsPerTx: number; tps: number; heldRate: boolean }>> = {};
+  if (fixedRuns.length > 0) {
+    const fixedRows: string[][] = [];
+    for (const mode of cfg.modes) {
+      fixedSummary[mode] = {};
+      for (const t of middles) {
+        const rs = fixedRuns.filter((r) => r.mode === mode && r.target === t);
+        const tps = median(rs.map((r) => r.tps).filter(Number.isFinite));
+        // pgbench -R schedules transactions at the rate; a middle that cannot keep up falls behind it
+        fixedSummary[mode][t] = { cpuUsPerTx: median(rs.map((r) => r.cpuUsPerTx).filter(Number.isFinite)), tps, heldRate: tps >= cfg.fixedRate * 0.97 };
+      }
+      const s = fixedSummary[mode];
+      fixedRows.push([
+        mode,
+        ...middles.map((t) => fmt(s[t].cpuUsPerTx, 1) + (s[t].heldRate ? '' : ' (behind)')),
+        fmt(ratio(s.proxy?.cpuUsPerTx ?? NaN, s.bare?.cpuUsPerTx ?? NaN), 3),
+        fmt(ratio(s.proxy?.cpuUsPerTx ?? NaN, s.pgbouncer?.cpuUsPerTx ?? NaN), 3),
+      ]);
+    }
+    log(table(['mode', ...middles.map((t) => `${t} CPU us/tx`), 'proxy/bare CPU per tx', 'proxy/pgbouncer CPU per tx'], fixedRows));
+    log(`(part 1c: pgbench -S -c ${cfg.clients} -R ${cfg.fixedRate}, medians over ${cfg.fixedRateRounds} rounds; every middle at the same rate, so the same wake-ups per transaction; "behind": it did not hold the rate)`);
+    log();
+  }
   const direct50 = latency.find((l) => l.name === 'direct');
   log(
     table(
@@ -791,6 +842,7 @@ async function main(): Promise<number> {
     proxyExit: proxy.service.exitReason(),
     config: cfg,
     pgbench: { targets: targetNames, pgbouncerSkipped: bouncerSkipped, summary, runs },
+    fixedRate: cfg.fixedRate > 0 ? { rate: cfg.fixedRate, summary: fixedSummary, runs: fixedRuns } : { skipped: 'BENCH_FIXED_RATE=0' },
     tls: tlsPart ?? { skipped: 'BENCH_TLS=0' },
     scrape: scrapeSummary,
     timeToJobId: jobs ?? { skipped: jobsSkipped },

@@ -1,4 +1,12 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * How often the event-loop lag (pgbg_proxy_nodejs_eventloop_lag_*) is sampled: a timer of this
+ * period. prom-client's default, 10 ms, woke an idle proxy 100 times a second (1.35% of a core
+ * doing nothing, measured, against 0.45% at 1 s) and added those wake-ups to every process under
+ * load; ten samples a second still give a scrape interval's percentiles.
+ */
+const EVENT_LOOP_SAMPLE_MS = 100;
 import type { SessionObserver } from '../session/session-observer.js';
 
 /**
@@ -18,7 +26,7 @@ export class ProxyMetrics implements SessionObserver {
   private readonly statementsPending = { forwarded: 0, backgrounded: 0, rejected: 0 };
 
   constructor(version: string, clientCount: () => number) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'pgbg_proxy_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'pgbg_proxy_', eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // prom-client names these gauges *_total, which the exposition-format lint rejects; the
     // un-suffixed nodejs_active_handles/requests/resources gauges carry the same numbers.
     for (const name of ['active_handles_total', 'active_requests_total', 'active_resources_total']) {
