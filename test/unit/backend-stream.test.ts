@@ -1,17 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { BackendStream, type BackendStreamSink } from '../../src/protocol/backend-stream.js';
 import { prng } from '../support/prng.js';
+import { frame as message } from '../support/wire.js';
 
 const SEED = Number(process.env.PGBG_BACKEND_STREAM_SEED ?? (Date.now() & 0x7fffffff));
 console.log(`[backend-stream.test] seed ${SEED} (replay with PGBG_BACKEND_STREAM_SEED=${SEED})`);
-
-function message(type: string, body: Buffer): Buffer {
-  const out = Buffer.alloc(5 + body.length);
-  out[0] = type.charCodeAt(0);
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
 
 /** What the stream did: bytes relayed in order (copied), messages noted and captured. */
 class RecordingSink implements BackendStreamSink {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseLayout, querySqlEnd, readBind, readParse, readQuery } from '../../src/protocol/frontend-messages.js';
 import { bind, parse, query } from '../../src/protocol/frontend-writer.js';
 import { mayHoldHint } from '../../src/rules/hint.js';
+import { frame as framed } from '../support/wire.js';
 import { parameterDescription } from '../../src/protocol/backend-messages.js';
 import { FrontendFramer, STREAM_MIN_BYTES } from '../../src/protocol/frontend-framer.js';
 
@@ -75,14 +76,6 @@ describe('large messages in pieces', () => {
 });
 
 describe('reading a statement without decoding it (the path of unhinted statements)', () => {
-  function framed(type: string, body: Buffer): Buffer {
-    const out = Buffer.alloc(5 + body.length);
-    out[0] = type.charCodeAt(0);
-    out.writeInt32BE(4 + body.length, 1);
-    body.copy(out, 5);
-    return out;
-  }
-
   it('finds the SQL of a well-formed Query and refuses any other (the full reader then names the fault)', () => {
     const q = query('SELECT 1');
     expect(querySqlEnd(q)).toBe(q.length - 1);
