@@ -284,12 +284,8 @@ export class ClientSession implements BackendStreamSink {
       );
     },
     piece: (type: number, bytes: Buffer, first: boolean): void => {
-      if (first) {
-        if (type === B) {
-          this.forwardedSinceSync++;
-          this.extendedSinceAnswer++;
-        } else if (type === F) this.expectReady();
-      }
+      if (first && type === B) return this.forwardExtended(bytes);
+      if (first && type === F) this.expectReady();
       this.outbound.add(bytes);
     },
   };
@@ -456,20 +452,19 @@ export class ClientSession implements BackendStreamSink {
     this.outbound.add(msg);
   }
 
+  /** A well-formed Parse goes to the server; a statement of ours by its name is forgotten. */
+  private forwardParse(msg: Buffer): void {
+    this.deps.observer.statement('forwarded');
+    if (!this.local.empty) this.local.forgetStatement(msg.toString(this.textEncoding, 5, msg.indexOf(0, 5)));
+    this.forwardExtended(msg);
+  }
+
   private onParse(msg: Buffer): void {
     const layout = parseLayout(msg);
-    if (layout && this.plainlyForwarded(msg, layout.nameEnd + 1, layout.sqlEnd)) {
-      this.deps.observer.statement('forwarded');
-      if (!this.local.empty) this.local.forgetStatement(msg.toString(this.textEncoding, 5, layout.nameEnd));
-      return this.forwardExtended(msg);
-    }
+    if (layout && this.plainlyForwarded(msg, layout.nameEnd + 1, layout.sqlEnd)) return this.forwardParse(msg);
     const parse = readParse(msg, this.textEncoding);
     const route = this.deps.router().route(parse.sql, this.routingContext());
-    if (route.action === 'forward') {
-      this.deps.observer.statement('forwarded');
-      if (!this.local.empty) this.local.forgetStatement(parse.name);
-      return this.forwardExtended(msg);
-    }
+    if (route.action === 'forward') return this.forwardParse(msg);
     this.local.forgetStatement(parse.name);
     if (this.serverMayOwe) {
       // Answers to earlier messages of this batch may still sit unflushed in the server, so the
