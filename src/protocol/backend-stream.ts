@@ -95,7 +95,7 @@ export class BackendStream {
       this.remaining = total - headerLen;
       this.sink.noteMessage(type, status);
     }
-    if (pos > relayFrom) this.sink.relay(chunk.subarray(relayFrom, pos));
+    if (pos > relayFrom) this.sink.relay(relayFrom === 0 && pos === chunk.length ? chunk : chunk.subarray(relayFrom, pos));
   }
 
   /** ReadyForQuery is read with its status byte; every other message by its 5-byte header. */

@@ -76,7 +76,8 @@ export class FrontendFramer {
       }
       const end = pos + 1 + length;
       if (end <= buf.length) {
-        onMessage(type, buf.subarray(pos, end));
+        // A read that holds exactly one message (most simple-protocol reads) is passed as it is.
+        onMessage(type, pos === 0 && end === buf.length ? buf : buf.subarray(pos, end));
         pos = end;
         continue;
       }

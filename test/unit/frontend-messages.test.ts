@@ -111,4 +111,19 @@ describe('reading a statement without decoding it (the path of unhinted statemen
     const latin1 = Buffer.from('SELECT \'é\' /*+ background */', 'latin1');
     expect(mayHoldHint(latin1, 0, latin1.length)).toBe(true);
   });
+
+  it('finds a hint opening the same way in short and long statements, up to the range end', () => {
+    // Long texts take the native search, short ones a loop: both must agree at every position.
+    for (const size of [8, 300, 511, 512, 513, 4000]) {
+      const text = Buffer.alloc(size, 'x');
+      expect(mayHoldHint(text, 0, size)).toBe(false);
+      for (const at of [0, Math.floor(size / 2), size - 3]) {
+        const withHint = Buffer.from(text);
+        withHint.write('/*+', at, 'latin1');
+        expect(mayHoldHint(withHint, 0, size)).toBe(true);
+        expect(mayHoldHint(withHint, 0, at + 2)).toBe(false); // the range ends inside the opening
+        expect(mayHoldHint(withHint, at + 1, size)).toBe(false); // the range starts after it
+      }
+    }
+  });
 });
