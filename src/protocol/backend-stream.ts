@@ -67,7 +67,7 @@ export class BackendStream {
       } else {
         while (pos < chunk.length && this.headerFilled < this.headerNeeded()) this.header[this.headerFilled++] = chunk[pos++];
         if (this.headerFilled < this.headerNeeded()) {
-          if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
+          this.relayRange(chunk, relayFrom, headerStart);
           return; // the header bytes are held in this.header, not relayed yet
         }
         type = this.header[0];
@@ -78,7 +78,7 @@ export class BackendStream {
       const headerLen = headerInChunk ? pos - headerStart : this.headerFilled;
       this.headerFilled = 0;
       if (this.sink.capturing(type)) {
-        if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
+        this.relayRange(chunk, relayFrom, headerStart);
         relayFrom = pos;
         this.assembling = Buffer.allocUnsafe(total);
         if (headerInChunk) chunk.copy(this.assembling, 0, headerStart, pos);
@@ -88,14 +88,19 @@ export class BackendStream {
         continue;
       }
       if (heldBefore > 0) {
-        if (headerStart > relayFrom) this.sink.relay(chunk.subarray(relayFrom, headerStart));
+        this.relayRange(chunk, relayFrom, headerStart);
         relayFrom = headerStart;
         this.sink.relay(Buffer.from(this.header.subarray(0, heldBefore)));
       }
       this.remaining = total - headerLen;
       this.sink.noteMessage(type, status);
     }
-    if (pos > relayFrom) this.sink.relay(relayFrom === 0 && pos === chunk.length ? chunk : chunk.subarray(relayFrom, pos));
+    this.relayRange(chunk, relayFrom, pos);
+  }
+
+  /** Relays [from, to) of the chunk, if not empty; all of it as the chunk itself (no new object). */
+  private relayRange(chunk: Buffer, from: number, to: number): void {
+    if (to > from) this.sink.relay(from === 0 && to === chunk.length ? chunk : chunk.subarray(from, to));
   }
 
   /** ReadyForQuery is read with its status byte; every other message by its 5-byte header. */

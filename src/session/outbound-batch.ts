@@ -28,12 +28,6 @@ export class OutboundBatch {
     this.closeRun();
     const parts = this.parts;
     if (parts.length === 0) return;
-    if (parts.length === 1) {
-      const only = parts[0];
-      parts.length = 0;
-      write(only);
-      return;
-    }
     this.parts = [];
     for (const p of parts) write(p);
   }
