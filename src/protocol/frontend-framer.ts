@@ -17,6 +17,12 @@ export interface PieceSink {
   piece(type: number, bytes: Buffer, first: boolean, last: boolean): void;
 }
 
+/**
+ * A whole message: bytes [start, end) of `bytes` (the read it came in, or the buffer it was
+ * assembled in). They stay valid after the call: Node does not reuse a read's memory.
+ */
+export type MessageRangeHandler = (type: number, bytes: Buffer, start: number, end: number) => void;
+
 /** Messages below this are always assembled (cheap, and the session may read them). */
 export const STREAM_MIN_BYTES = 256 * 1024;
 
@@ -38,6 +44,14 @@ export class FrontendFramer {
 
   /** Calls onMessage(type, wholeMessage) for each complete message; throws ProtocolViolation. */
   push(chunk: Buffer, onMessage: (type: number, message: Buffer) => void, pieces?: PieceSink): void {
+    this.pushRanges(chunk, (type, bytes, start, end) => onMessage(type, start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end)), pieces);
+  }
+
+  /**
+   * As push, but each complete message is handed on as a range of a buffer, so that a caller
+   * that only forwards it makes no Buffer object for it (the relay's hot path).
+   */
+  pushRanges(chunk: Buffer, onMessage: MessageRangeHandler, pieces?: PieceSink): void {
     let buf = chunk;
     let pos = 0;
     if (this.streamRemaining > 0) {
@@ -55,7 +69,7 @@ export class FrontendFramer {
       if (this.partialFilled < this.partial.length) return;
       const whole = this.partial;
       this.partial = null;
-      onMessage(whole[0], whole);
+      onMessage(whole[0], whole, 0, whole.length);
     } else if (this.carry) {
       buf = Buffer.concat([this.carry, buf]);
       this.carry = null;
@@ -76,8 +90,7 @@ export class FrontendFramer {
       }
       const end = pos + 1 + length;
       if (end <= buf.length) {
-        // A read that holds exactly one message (most simple-protocol reads) is passed as it is.
-        onMessage(type, pos === 0 && end === buf.length ? buf : buf.subarray(pos, end));
+        onMessage(type, buf, pos, end);
         pos = end;
         continue;
       }

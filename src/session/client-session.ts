@@ -232,7 +232,7 @@ export class ClientSession implements BackendStreamSink {
     if (this.phase === 'closed') return;
     this.deps.observer.bytes('client_to_server', chunk.length);
     try {
-      this.framer.push(chunk, this.takeClientMessage, this.pieceSink);
+      this.framer.pushRanges(chunk, this.takeClientMessage, this.pieceSink);
     } catch (err) {
       this.flushOutbound();
       if (err instanceof ProtocolViolation) return this.protocolViolation(err);
@@ -244,8 +244,34 @@ export class ClientSession implements BackendStreamSink {
   }
 
   // Made once, not per read: the relay's hot path allocates as little as it can.
-  private readonly takeClientMessage = (type: number, msg: Buffer): void => this.onClientMessage(type, msg);
+  private readonly takeClientMessage = (type: number, bytes: Buffer, start: number, end: number): void =>
+    this.onClientRange(type, bytes, start, end);
   private readonly writeUpstreamBound = (buf: Buffer): void => this.writeUpstream(buf);
+
+  /**
+   * The relay's hot path. A Bind, Describe, Execute or Close that goes to the server as it is,
+   * and a Sync that ends a batch of only such messages, are added to the outgoing batch as ranges
+   * of the read, with no Buffer made for each (the extended protocol sends five messages per
+   * statement). Everything else, and every message while the session is anything but plainly
+   * relaying, takes the general path with the message as a Buffer of its own.
+   */
+  private onClientRange(type: number, bytes: Buffer, start: number, end: number): void {
+    if (
+      (type === B || type === D || type === E || type === C || (type === S && !this.batchHasLocal)) &&
+      this.phase === 'ready' &&
+      !this.localBusy &&
+      this.held.length === 0 &&
+      !this.skipUntilSync &&
+      this.local.empty
+    ) {
+      noteLargeMessage(end - start);
+      if (type === S) this.syncForwarded();
+      else this.extendedForwarded();
+      this.outbound.addRange(bytes, start, end);
+      return;
+    }
+    this.onClientMessage(type, start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end));
+  }
 
   private onClientMessage(type: number, msg: Buffer): void {
     if (this.phase === 'closed') return;
@@ -340,9 +366,14 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private forwardExtended(msg: Buffer): void {
+    this.extendedForwarded();
+    this.outbound.add(msg);
+  }
+
+  /** Counts an extended-protocol message (not Sync) the server is sent. */
+  private extendedForwarded(): void {
     this.forwardedSinceSync++;
     this.extendedSinceAnswer++;
-    this.outbound.add(msg);
   }
 
   /**
@@ -578,19 +609,26 @@ export class ClientSession implements BackendStreamSink {
   }
 
   private onSync(msg: Buffer): void {
-    const answerLocally = this.batchHasLocal && this.forwardedSinceSync === 0 && this.pendingReady === 0;
-    this.skipUntilSync = false;
-    this.batchHasLocal = false;
-    this.forwardedSinceSync = 0;
-    if (answerLocally) {
+    if (this.batchHasLocal && this.forwardedSinceSync === 0 && this.pendingReady === 0) {
+      // Only the proxy's own messages since the last Sync: it owes the ReadyForQuery itself.
+      this.skipUntilSync = false;
+      this.batchHasLocal = false;
       this.flushOutbound();
       this.writeClient(readyForQuery(this.txStatus));
       return;
     }
+    this.syncForwarded();
+    this.outbound.add(msg);
+  }
+
+  /** The client's Sync goes to the server: a ReadyForQuery is owed and a new batch begins. */
+  private syncForwarded(): void {
+    this.skipUntilSync = false;
+    this.batchHasLocal = false;
+    this.forwardedSinceSync = 0;
     this.skips.synced();
     this.extendedSinceAnswer = 0;
     this.pendingReady++;
-    this.outbound.add(msg);
   }
 
   private localError(err: unknown): void {

@@ -124,6 +124,24 @@ describe('FrontendFramer splits a stream into messages', () => {
   });
 });
 
+describe('FrontendFramer.pushRanges', () => {
+  it('hands on each message as a range of the read it came in, and an assembled one whole', () => {
+    const a = message('P', Buffer.from('\0SELECT 1\0\0\0'));
+    const b = message('B', Buffer.alloc(8));
+    const s = message('S', Buffer.alloc(0));
+    const read1 = Buffer.concat([a, b, s.subarray(0, 2)]);
+    const read2 = s.subarray(2);
+    const framer = new FrontendFramer(1024);
+    const got: { type: number; bytes: Buffer; start: number; end: number }[] = [];
+    for (const read of [read1, read2]) framer.pushRanges(read, (type, bytes, start, end) => got.push({ type, bytes, start, end }));
+    expect(got.map((g) => String.fromCharCode(g.type))).toEqual(['P', 'B', 'S']);
+    expect(got[0]).toMatchObject({ bytes: read1, start: 0, end: a.length });
+    expect(got[1]).toMatchObject({ bytes: read1, start: a.length, end: a.length + b.length });
+    expect(got[2].bytes.equals(s)).toBe(true);
+    expect(got[2]).toMatchObject({ start: 0, end: s.length });
+  });
+});
+
 describe('FrontendFramer rejects bad input', () => {
   it('rejects an invalid type byte after delivering the messages before it', () => {
     for (const bad of [0x00, 0x41 /* A */, 0x7a /* z */, 0xff, 0x71 /* q */]) {

@@ -26,6 +26,41 @@ describe('OutboundBatch', () => {
     expect(drained(batch)).toHaveLength(0);
   });
 
+  it('writes ranges that make up a whole read as the read itself', () => {
+    const chunk = Buffer.from('PPPPPBBBBDDDEESS');
+    const batch = new OutboundBatch();
+    batch.addRange(chunk, 0, 5);
+    batch.addRange(chunk, 5, 9);
+    batch.addRange(chunk, 9, 16);
+    const out = drained(batch);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toBe(chunk);
+  });
+
+  it('joins a sliced message and the ranges of its read around it into one view of the read', () => {
+    const chunk = Buffer.from('PPPPPBBBBDDDEESS');
+    const batch = new OutboundBatch();
+    batch.add(chunk.subarray(0, 5)); // a Parse the session read as a Buffer of its own
+    batch.addRange(chunk, 5, 9);
+    batch.add(chunk.subarray(9, 12));
+    batch.addRange(chunk, 12, 14);
+    const out = drained(batch);
+    expect(out).toHaveLength(1);
+    expect(out[0].toString()).toBe('PPPPPBBBBDDDEE');
+    expect(out[0].buffer).toBe(chunk.buffer);
+    expect(out[0].byteOffset).toBe(chunk.byteOffset);
+  });
+
+  it('keeps ranges with a gap between them, or out of order, as separate writes', () => {
+    const chunk = Buffer.from('aaaaBBBBcccc');
+    const batch = new OutboundBatch();
+    batch.addRange(chunk, 0, 4);
+    batch.addRange(chunk, 8, 12);
+    batch.addRange(chunk, 4, 8);
+    batch.addRange(chunk, 8, 10);
+    expect(drained(batch).map((x) => x.toString())).toEqual(['aaaa', 'cccc', 'BBBBcc']);
+  });
+
   it('passes a lone buffer on as the same object', () => {
     const msg = Buffer.from('Q\0\0\0\x09abcd');
     const batch = new OutboundBatch();
