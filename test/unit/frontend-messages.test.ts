@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseLayout, querySqlEnd, readBind, readParse, readQuery } from '../../src/protocol/frontend-messages.js';
+import { nulFrom, parseLayout, querySqlEnd, readBind, readParse, readQuery } from '../../src/protocol/frontend-messages.js';
 import { bind, parse, query } from '../../src/protocol/frontend-writer.js';
 import { mayHoldHint } from '../../src/rules/hint.js';
 import { frame as framed } from '../support/wire.js';
@@ -100,6 +100,23 @@ describe('reading a statement without decoding it (the path of unhinted statemen
     expect(parseLayout(framed('P', Buffer.from('s1\0SELECT 1\0')))).toBeNull();
     expect(parseLayout(framed('P', Buffer.from('s1\0SELECT 1')))).toBeNull();
     expect(parseLayout(framed('P', Buffer.from('s1')))).toBeNull();
+  });
+
+  it('finds the first zero byte as the native indexOf does, in short and long texts', () => {
+    // Up to 512 bytes from the start a loop searches, beyond it the native search: they must agree.
+    for (const size of [0, 1, 6, 511, 512, 513, 517, 1030, 5000]) {
+      const text = Buffer.alloc(size, 'x');
+      for (const from of [0, 5, 511, 512, 513]) expect(nulFrom(text, from), `none, size ${size} from ${from}`).toBe(-1);
+      for (const at of [0, 4, 5, 300, 511, 512, 516, 517, 518, 1029, size - 1]) {
+        if (at < 0 || at >= size) continue;
+        const withNul = Buffer.from(text);
+        withNul[at] = 0;
+        if (at + 7 < size) withNul[at + 7] = 0; // a later zero must not be the answer
+        for (const from of [0, 5, at, at + 1]) {
+          expect(nulFrom(withNul, from), `size ${size} zero at ${at} from ${from}`).toBe(withNul.indexOf(0, from));
+        }
+      }
+    }
   });
 
   it('sees a hint opening only within the given range of bytes', () => {
